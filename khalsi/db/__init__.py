@@ -1,0 +1,1 @@
+"""Relational schema, engines and migrations."""

@@ -1,0 +1,212 @@
+"""The one configuration object of the platform.
+
+Every setting comes from the environment (prefix ``KHALSI_``) or a ``.env`` file; sections are
+nested, so ``KHALSI_DATABASE_URL`` sets ``settings.database.url`` and ``KHALSI_COINGECKO_API_KEY``
+sets ``settings.coingecko.api_key``. Nothing here does work at import time: call
+:func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "change-me-in-production"  # noqa: S105 - a known placeholder, refused outside development
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class CoinGeckoPlan(StrEnum):
+    KEYLESS = "keyless"
+    DEMO = "demo"
+    PRO = "pro"
+
+
+class DatabaseSettings(BaseModel):
+    # Empty means the embedded default: SQLite under KHALSI_HOME.
+    url: str = ""
+    pool_min: int = Field(default=5, ge=0)
+    pool_max: int = Field(default=20, ge=1)
+    echo: bool = False
+
+
+class RedisSettings(BaseModel):
+    # Empty means no Redis: every Redis-backed feature falls back to the database or memory.
+    url: str = ""
+    password: SecretStr | None = None
+
+
+class AuthSettings(BaseModel):
+    jwt_secret: SecretStr = SecretStr(DEV_SECRET)
+    jwt_expires_in: str = "7d"
+    refresh_token_secret: SecretStr = SecretStr(DEV_SECRET + "-refresh")
+    refresh_token_expires_in: str = "30d"
+
+
+class CoinGeckoSettings(BaseModel):
+    api_url: str = "https://api.coingecko.com/api/v3"
+    pro_api_url: str = "https://pro-api.coingecko.com/api/v3"
+    api_key: SecretStr | None = None
+    plan: CoinGeckoPlan = CoinGeckoPlan.KEYLESS
+    # CoinGecko's documented limits disagree between versions (keyless 5-15, Demo 30-100 per
+    # minute), so the budget is configuration, never a constant in code.
+    calls_per_minute: int = Field(default=10, ge=1)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    backoff_initial_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=30.0, ge=0)
+    vs_currency: str = "usd"
+
+    @property
+    def base_url(self) -> str:
+        """The host that matches the plan: Pro keys only work on the Pro host."""
+        return self.pro_api_url if self.plan is CoinGeckoPlan.PRO else self.api_url
+
+
+class SocialSettings(BaseModel):
+    fear_greed_url: str = "https://api.alternative.me"
+    twitter_api_key: SecretStr | None = None
+
+
+class MLServiceSettings(BaseModel):
+    url: str = "http://127.0.0.1:3000"
+    api_key: SecretStr | None = None
+    timeout_seconds: float = 2.0
+
+
+class SMTPSettings(BaseModel):
+    host: str = "localhost"
+    port: int = 587
+    user: str = ""
+    password: SecretStr | None = None
+    sender: str = "alerts@khalsi.local"
+    use_tls: bool = True
+
+
+class WebhookSettings(BaseModel):
+    discord_webhook_url: str = ""
+
+
+class RateLimitSettings(BaseModel):
+    window_minutes: int = Field(default=15, ge=1)
+    max_requests: int = Field(default=100, ge=1)
+
+
+class WebSocketSettings(BaseModel):
+    heartbeat_interval_ms: int = Field(default=30_000, ge=100)
+    heartbeat_timeout_ms: int = Field(default=5_000, ge=100)
+
+
+class MLflowSettings(BaseModel):
+    # Empty means a local store under KHALSI_HOME.
+    tracking_uri: str = ""
+    registry_uri: str = ""
+    experiment_prefix: str = "khalsi"
+
+
+class PrefectSettings(BaseModel):
+    # Empty means Prefect's ephemeral API (no server to run).
+    api_url: str = ""
+
+
+class MarketSource(StrEnum):
+    REPLAY = "replay"
+    COINGECKO = "coingecko"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, in one place."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KHALSI_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    home: Path = Path("./var")
+    port: int = 8080
+    api_version: str = "v1"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    sentry_dsn: str = ""
+    # Where market data comes from: the bundled real history (no network) or CoinGecko itself.
+    market_source: MarketSource = MarketSource.REPLAY
+    # The replay clock: which day the bundled history is "now" at, and how fast it moves.
+    replay_start: str = ""
+    replay_speed: float = Field(default=0.0, ge=0)
+    coins: list[str] = Field(default_factory=list)
+
+    database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    auth: AuthSettings = AuthSettings()
+    coingecko: CoinGeckoSettings = CoinGeckoSettings()
+    social: SocialSettings = SocialSettings()
+    ml: MLServiceSettings = MLServiceSettings()
+    smtp: SMTPSettings = SMTPSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    rate: RateLimitSettings = RateLimitSettings()
+    ws: WebSocketSettings = WebSocketSettings()
+    mlflow: MLflowSettings = MLflowSettings()
+    prefect: PrefectSettings = PrefectSettings()
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets_outside_development(self) -> Settings:
+        if self.environment is Environment.PRODUCTION:
+            for name, secret in (
+                ("KHALSI_AUTH_JWT_SECRET", self.auth.jwt_secret),
+                ("KHALSI_AUTH_REFRESH_TOKEN_SECRET", self.auth.refresh_token_secret),
+            ):
+                value = secret.get_secret_value()
+                if value.startswith(DEV_SECRET) or len(value) < 32:
+                    raise ValueError(f"{name} must be set to a real secret (32+ characters) in production")
+        if self.coingecko.plan is not CoinGeckoPlan.KEYLESS and self.coingecko.api_key is None:
+            raise ValueError(f"KHALSI_COINGECKO_PLAN={self.coingecko.plan} needs KHALSI_COINGECKO_API_KEY")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The configured database, or SQLite under KHALSI_HOME."""
+        return self.database.url or f"sqlite:///{(self.home / 'khalsi.db').resolve()}"
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.home / "raw"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        return (self.home / "mlartifacts").resolve().as_uri()
+
+    def ensure_home(self) -> None:
+        """Create the folders the platform writes to."""
+        for folder in (self.home, self.lake_dir, self.raw_dir, self.quarantine_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

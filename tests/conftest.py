@@ -1,0 +1,125 @@
+"""Shared fixtures: real PostgreSQL and Redis, a fresh KHALSI_HOME per test, Prefect's harness.
+
+PostgreSQL and Redis run on this machine and in CI. Locally a missing service skips the tests that
+need it; with CI=true it fails them, so CI can never go green without having talked to both.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from khalsi.db.migrate import upgrade
+from khalsi.settings import Settings
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+PG_ADMIN_URL = os.environ.get("KHALSI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST_URL = os.environ.get("KHALSI_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+
+def service_missing(what: str, error: Exception) -> None:
+    """Fail in CI, skip elsewhere: a test that needs a service proves nothing without it."""
+    message = f"{what} is not reachable ({error})"
+    if IN_CI:
+        pytest.fail(f"{message}; CI=true requires it")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    engine = sa.create_engine(PG_ADMIN_URL)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+    except sa.exc.OperationalError as error:
+        service_missing("PostgreSQL", error)
+    finally:
+        engine.dispose()
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def pg_database_url(pg_server_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"khalsi_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as error:
+        service_missing("Redis", error)
+    client.flushdb()
+    try:
+        yield REDIS_TEST_URL
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "khalsi-home"
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    """Embedded defaults (SQLite, local stores) under a fresh KHALSI_HOME."""
+    return Settings(_env_file=None, home=home, environment="test")  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def pg_settings(home: Path, pg_database_url: str) -> Settings:
+    """The same platform on a real, fresh PostgreSQL database."""
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None, home=home, environment="test", database={"url": pg_database_url}
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    from khalsi.db.engine import create_sync_engine
+
+    db_engine = create_sync_engine(settings)
+    upgrade(db_engine)
+    yield db_engine
+    db_engine.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_settings: Settings) -> Iterator[Engine]:
+    from khalsi.db.engine import create_sync_engine
+
+    db_engine = create_sync_engine(pg_settings)
+    upgrade(db_engine)
+    yield db_engine
+    db_engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server for the whole session (starting one costs seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
