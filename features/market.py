@@ -60,12 +60,10 @@ MARKET_LOOKBACK_DAYS = 3 * MACD_SLOW + 3 * MACD_SIGNAL + PRICE_STALE_DAYS
 
 def coin_calendar(market: pl.LazyFrame) -> pl.LazyFrame:
     """One row per coin and calendar day from its first to its last observation, sorted."""
-    bounds = market.group_by(COIN).agg(
-        pl.col("timestamp").min().alias("start"), pl.col("timestamp").max().alias("end")
+    bounds = market.group_by(COIN).agg(pl.col("timestamp").min().alias("start"), pl.col("timestamp").max().alias("end"))
+    grid = bounds.select(COIN, pl.datetime_ranges("start", "end", DAY, closed="both").alias("timestamp")).explode(
+        "timestamp"
     )
-    grid = bounds.select(
-        COIN, pl.datetime_ranges("start", "end", DAY, closed="both").alias("timestamp")
-    ).explode("timestamp")
     observed = market.with_columns(pl.lit(True).alias("observed"))
     return (
         grid.join(observed, on=[COIN, "timestamp"], how="left")
@@ -103,9 +101,7 @@ def with_rsi(grid: pl.LazyFrame) -> pl.LazyFrame:
     mean_gain = window_mean(gains, RSI_WINDOW, min_obs=10).over(COIN)
     mean_loss = window_mean(losses, RSI_WINDOW, min_obs=10).over(COIN)
     movement = mean_gain + mean_loss
-    rsi = (
-        pl.when(movement > 0).then(100.0 * mean_gain / movement).otherwise(pl.when(movement == 0).then(50.0))
-    )
+    rsi = pl.when(movement > 0).then(100.0 * mean_gain / movement).otherwise(pl.when(movement == 0).then(50.0))
     return grid.with_columns(rsi.alias("rsi_14"))
 
 
@@ -153,12 +149,7 @@ def with_volume(grid: pl.LazyFrame) -> pl.LazyFrame:
 def market_features(grid: pl.LazyFrame) -> pl.LazyFrame:
     """All per-coin market features on the calendar grid (adds ``r_1d`` and MARKET_COLUMNS)."""
     return (
-        grid.pipe(with_returns)
-        .pipe(with_volatility)
-        .pipe(with_rsi)
-        .pipe(with_macd)
-        .pipe(with_ranges)
-        .pipe(with_volume)
+        grid.pipe(with_returns).pipe(with_volatility).pipe(with_rsi).pipe(with_macd).pipe(with_ranges).pipe(with_volume)
     )
 
 

@@ -38,9 +38,20 @@ def market_return_series(grid: pl.LazyFrame) -> pl.LazyFrame:
     weighted = grid.with_columns(pl.col("market_cap").shift(1).over(COIN).alias("_weight")).filter(
         pl.col("r_1d").is_not_null() & (pl.col("_weight") > 0)
     )
-    daily = weighted.group_by("timestamp").agg(
-        (pl.col("r_1d") * pl.col("_weight")).sort_by(COIN).sum().alias("_weighted_sum"),
-        pl.col("_weight").sort_by(COIN).sum().alias("_weight_sum"),
+    # A float group-by sum is split across threads and recombined in whatever order they finish,
+    # so it can differ in the last bit between runs. Gathering each day's values in coin order and
+    # summing the list adds them in one fixed order.
+    daily = (
+        weighted.group_by("timestamp")
+        .agg(
+            (pl.col("r_1d") * pl.col("_weight")).sort_by(COIN).alias("_weighted"),
+            pl.col("_weight").sort_by(COIN).alias("_weights"),
+        )
+        .select(
+            "timestamp",
+            pl.col("_weighted").list.sum().alias("_weighted_sum"),
+            pl.col("_weights").list.sum().alias("_weight_sum"),
+        )
     )
     btc = grid.filter((pl.col(COIN) == BTC_COIN_ID) & pl.col("observed")).select(
         "timestamp", pl.col("ret_1d").alias("btc_ret_1d"), pl.col("ret_7d").alias("btc_ret_7d")
@@ -86,9 +97,7 @@ def _beta_and_correlation(days: int) -> list[pl.Expr]:
     # Relative floor: a market that did not move gives no beta, not a huge one.
     moves = (market_moment > 1e-12 * count) & (coin_moment > 1e-12 * count)
     beta = pl.when(enough & moves).then(co_moment / market_moment)
-    correlation = pl.when(enough & moves).then(
-        (co_moment / (coin_moment * market_moment).sqrt()).clip(-1.0, 1.0)
-    )
+    correlation = pl.when(enough & moves).then((co_moment / (coin_moment * market_moment).sqrt()).clip(-1.0, 1.0))
     return [beta.alias(f"beta_{days}d"), correlation.alias(f"corr_{days}d")]
 
 

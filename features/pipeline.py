@@ -38,9 +38,7 @@ def _conform(frame: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFram
     return frame.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
 
 
-def build_feature_frame(
-    market: pl.LazyFrame, fear_greed: pl.LazyFrame, social_daily: pl.LazyFrame
-) -> pl.LazyFrame:
+def build_feature_frame(market: pl.LazyFrame, fear_greed: pl.LazyFrame, social_daily: pl.LazyFrame) -> pl.LazyFrame:
     """One row per market row: ``coin_id, symbol, timestamp, price`` and FEATURE_COLUMNS.
 
     Market rows must be one per coin and 00:00 UTC day (as ingestion writes them). Every feature

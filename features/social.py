@@ -47,9 +47,7 @@ def fear_greed_features(fear_greed: pl.LazyFrame) -> pl.LazyFrame:
         daily.group_by(pl.lit(0).alias("_all"))
         .agg(pl.col("timestamp").min().alias("start"), pl.col("timestamp").max().alias("end"))
         .select(
-            pl.datetime_ranges("start", pl.col("end").dt.offset_by(f"{FEAR_GREED_STALE_DAYS}d"), DAY).alias(
-                "timestamp"
-            )
+            pl.datetime_ranges("start", pl.col("end").dt.offset_by(f"{FEAR_GREED_STALE_DAYS}d"), DAY).alias("timestamp")
         )
         .explode("timestamp")
     )
@@ -115,14 +113,10 @@ def with_fear_greed(frame: pl.LazyFrame, fear_greed: pl.LazyFrame) -> pl.LazyFra
 def with_social(frame: pl.LazyFrame, social_daily: pl.LazyFrame) -> pl.LazyFrame:
     """Add the coin's own and the market-wide SOCIAL_COLUMNS to rows keyed by coin and timestamp."""
     features = social_features(social_daily)
-    per_coin = features.filter(pl.col(COIN) != MARKET_WIDE).rename(
-        {name: f"social_{name}" for name in _SOCIAL_NAMES}
-    )
+    per_coin = features.filter(pl.col(COIN) != MARKET_WIDE).rename({name: f"social_{name}" for name in _SOCIAL_NAMES})
     market_wide = (
         features.filter(pl.col(COIN) == MARKET_WIDE)
         .drop(COIN)
         .rename({name: f"social_mkt_{name}" for name in _SOCIAL_NAMES})
     )
-    return frame.join(per_coin, on=[COIN, "timestamp"], how="left").join(
-        market_wide, on="timestamp", how="left"
-    )
+    return frame.join(per_coin, on=[COIN, "timestamp"], how="left").join(market_wide, on="timestamp", how="left")

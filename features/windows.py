@@ -39,9 +39,12 @@ def window_std(expr: pl.Expr, size: int, *, min_obs: int) -> pl.Expr:
     count = window_count(expr, size)
     total = window_sum(expr, size)
     squares = window_sum(expr * expr, size)
-    # Sums of squares can dip a hair below the squared sum by rounding: clip before the root.
-    variance = ((squares - total * total / count) / (count - 1)).clip(lower_bound=0.0)
-    return pl.when(count >= max(min_obs, 2)).then(variance.sqrt())
+    mean = total / count
+    variance = (squares - total * mean) / (count - 1)
+    # The sum-of-squares form loses ~1e-16 * mean^2 to rounding: below a margin over that, the
+    # window is constant and its spread is exactly zero (not noise that a z-score would divide by).
+    spread = pl.when(variance > 1e-10 * mean * mean).then(variance.sqrt()).otherwise(0.0)
+    return pl.when(count >= max(min_obs, 2)).then(spread)
 
 
 def window_weighted_mean(expr: pl.Expr, weights: list[float]) -> pl.Expr:
