@@ -321,9 +321,7 @@ def parse_error_body(body: bytes) -> tuple[int | None, str]:
             status = error["status"]
         if isinstance(status, dict) and ("error_code" in status or "error_message" in status):
             code = status.get("error_code")
-            return (int(code) if isinstance(code, int | float) else None), str(
-                status.get("error_message") or ""
-            )
+            return (int(code) if isinstance(code, int | float) else None), str(status.get("error_message") or "")
         if isinstance(error, str):
             return None, error
     return None, _clip(body.decode("utf-8", errors="replace"))
@@ -694,9 +692,7 @@ def _series(points: list[tuple[int, float | None]], name: str) -> pl.DataFrame:
     return frame.unique("ms", keep="last", maintain_order=True)
 
 
-def market_chart_to_frame(
-    chart: MarketChart, coin: CoinInfo, *, keep_live_point: bool = False
-) -> pl.DataFrame:
+def market_chart_to_frame(chart: MarketChart, coin: CoinInfo, *, keep_live_point: bool = False) -> pl.DataFrame:
     """A market chart as export rows: ``coin_id, symbol, timestamp, price, market_cap, total_volume``.
 
     The three arrays are matched on timestamp (a value missing from one array is null). CoinGecko
@@ -716,10 +712,7 @@ def market_chart_to_frame(
     return merged.select(
         pl.lit(coin.coin_id, pl.String()).alias("coin_id"),
         pl.lit(coin.symbol, pl.String()).alias("symbol"),
-        pl.from_epoch("ms", time_unit="ms")
-        .dt.replace_time_zone("UTC")
-        .dt.cast_time_unit("us")
-        .alias("timestamp"),
+        pl.from_epoch("ms", time_unit="ms").dt.replace_time_zone("UTC").dt.cast_time_unit("us").alias("timestamp"),
         pl.col("price"),
         pl.col("market_cap"),
         pl.col("total_volume"),
