@@ -27,6 +27,9 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 from khalsi.sources.exports import BUNDLED_COINS, CoinInfo
 
 VADER_SCORER = "vader-crypto-v1"
+# Texts longer than this are scored in sentence-aligned chunks of at most this many characters.
+MAX_CHUNK_CHARS = 1000
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 # Valences on VADER's -4..+4 scale, set near English words of similar strength in its lexicon
 # ("great" 3.1, "good" 1.9, "bad" -2.5, "scam" -2.7).
@@ -83,6 +86,26 @@ CRYPTO_LEXICON: Final[Mapping[str, float]] = {
 }
 
 
+def split_into_chunks(text: str, max_chars: int = MAX_CHUNK_CHARS) -> list[str]:
+    """Split text into chunks of at most ``max_chars``, at sentence ends where possible, else at spaces."""
+    pieces: list[str] = []
+    for sentence in _SENTENCE_END.split(text):
+        while len(sentence) > max_chars:
+            cut = sentence.rfind(" ", 0, max_chars)
+            cut = cut if cut > 0 else max_chars
+            pieces.append(sentence[:cut])
+            sentence = sentence[cut:].lstrip()
+        if sentence.strip():
+            pieces.append(sentence)
+    chunks: list[str] = []
+    for piece in pieces:
+        if chunks and len(chunks[-1]) + 1 + len(piece) <= max_chars:
+            chunks[-1] = f"{chunks[-1]} {piece}"
+        else:
+            chunks.append(piece)
+    return chunks or [text[:max_chars]]
+
+
 @dataclass(frozen=True, slots=True)
 class SentimentScore:
     """VADER's output: ``compound`` in [-1, 1]; ``positive``/``negative``/``neutral`` shares sum to 1."""
@@ -102,14 +125,31 @@ class SentimentScorer:
         # VADER looks words up lower-cased, so the keys must be lower case too.
         self._analyzer.lexicon.update({word.lower(): valence for word, valence in lexicon.items()})
 
-    def score(self, text: str) -> SentimentScore:
-        """Score one text."""
+    def _vader(self, text: str) -> SentimentScore:
         raw = self._analyzer.polarity_scores(text)
         return SentimentScore(
             compound=float(raw["compound"]),
             positive=float(raw["pos"]),
             negative=float(raw["neg"]),
             neutral=float(raw["neu"]),
+        )
+
+    def score(self, text: str) -> SentimentScore:
+        """Score one text; a long one as the length-weighted mean of its sentence-aligned chunks."""
+        if len(text) <= MAX_CHUNK_CHARS:
+            return self._vader(text)
+        # VADER's negation check re-lowercases every word for every sentiment word, so its cost
+        # grows with the square of the length (one 31k-character description took over a
+        # second). VADER is built for sentences anyway: score chunks, weight them by length.
+        chunks = split_into_chunks(text)
+        scores = [self._vader(chunk) for chunk in chunks]
+        weights = [len(chunk) for chunk in chunks]
+        total = float(sum(weights))
+        return SentimentScore(
+            compound=sum(w * s.compound for w, s in zip(weights, scores, strict=True)) / total,
+            positive=sum(w * s.positive for w, s in zip(weights, scores, strict=True)) / total,
+            negative=sum(w * s.negative for w, s in zip(weights, scores, strict=True)) / total,
+            neutral=sum(w * s.neutral for w, s in zip(weights, scores, strict=True)) / total,
         )
 
     def score_many(self, texts: Iterable[str]) -> list[SentimentScore]:
@@ -194,9 +234,7 @@ def _term_pattern(term: str) -> str:
     return r"\s+".join(re.escape(part) for part in term.split())
 
 
-def _compile(
-    terms: Mapping[str, str], flags: int, prefix: str = ""
-) -> tuple[re.Pattern[str], list[str]] | None:
+def _compile(terms: Mapping[str, str], flags: int, prefix: str = "") -> tuple[re.Pattern[str], list[str]] | None:
     """One pattern over ``terms`` (term -> coin id), each term its own group: the group says the coin.
 
     Longest terms come first so "bitcoin cash" wins over "bitcoin" at the same position. Looking
