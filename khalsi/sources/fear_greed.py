@@ -131,9 +131,7 @@ def parse_fear_greed_body(body: bytes | str, *, url: str | None = None) -> list[
             classification = entry["value_classification"]
             if not isinstance(classification, str):
                 raise TypeError("value_classification is not a string")
-            points.append(
-                FearGreedPoint(day=stamp.date(), value=int(entry["value"]), classification=classification)
-            )
+            points.append(FearGreedPoint(day=stamp.date(), value=int(entry["value"]), classification=classification))
         except (KeyError, TypeError, ValueError, OverflowError, OSError) as error:
             raise FearGreedResponseError(
                 f"Fear & Greed entry {index} is malformed ({error}): {_snippet(json.dumps(entry))!r}", url=url
@@ -355,9 +353,7 @@ def serve_in_thread(app: ASGIApp, *, startup_timeout_seconds: float = 10.0) -> I
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True
-    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     try:
         waited = 0.0

@@ -105,8 +105,7 @@ def _parse_utc(frame: pl.DataFrame, column: str, fmt: str) -> pl.Series:
     if bad.height:
         row = bad.row(0, named=True)
         raise SocialDataError(
-            f"{row['_file']}: {bad.height} unparsable {column!r} value(s), "
-            f"e.g. {row[column]!r} (expected {fmt})"
+            f"{row['_file']}: {bad.height} unparsable {column!r} value(s), e.g. {row[column]!r} (expected {fmt})"
         )
     return parsed.dt.replace_time_zone("UTC")
 
@@ -116,9 +115,7 @@ def _to_float(frame: pl.DataFrame, column: str) -> pl.Series:
     bad = frame.filter(parsed.is_null())
     if bad.height:
         row = bad.row(0, named=True)
-        raise SocialDataError(
-            f"{row['_file']}: {bad.height} non-numeric {column!r} value(s), e.g. {row[column]!r}"
-        )
+        raise SocialDataError(f"{row['_file']}: {bad.height} non-numeric {column!r} value(s), e.g. {row[column]!r}")
     return parsed
 
 
@@ -264,9 +261,7 @@ class BundledHeadlinesSource(_BundledSource):
         headlines = raw.get_column("headline").str.strip_chars()
         frame = pl.DataFrame(
             {
-                "external_id": [
-                    stable_id(d, h) for d, h in zip(raw.get_column("date"), headlines, strict=True)
-                ],
+                "external_id": [stable_id(d, h) for d, h in zip(raw.get_column("date"), headlines, strict=True)],
                 "published_at": published,
                 "text": raw.select(
                     pl.concat_str(
