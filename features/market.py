@@ -60,15 +60,19 @@ MARKET_LOOKBACK_DAYS = 3 * MACD_SLOW + 3 * MACD_SIGNAL + PRICE_STALE_DAYS
 
 def coin_calendar(market: pl.LazyFrame) -> pl.LazyFrame:
     """One row per coin and calendar day from its first to its last observation, sorted."""
-    bounds = market.group_by(COIN).agg(pl.col("timestamp").min().alias("start"), pl.col("timestamp").max().alias("end"))
+    bounds = (
+        market.group_by(COIN)
+        .agg(pl.col("timestamp").min().alias("start"), pl.col("timestamp").max().alias("end"))
+        .sort(COIN)
+    )
+    # Sorted bounds explode into a grid already in (coin, time) order and the join keeps that
+    # order, so the large frame is never sorted.
     grid = bounds.select(COIN, pl.datetime_ranges("start", "end", DAY, closed="both").alias("timestamp")).explode(
         "timestamp"
     )
     observed = market.with_columns(pl.lit(True).alias("observed"))
-    return (
-        grid.join(observed, on=[COIN, "timestamp"], how="left")
-        .with_columns(pl.col("observed").fill_null(False))
-        .sort(COIN, "timestamp")
+    return grid.join(observed, on=[COIN, "timestamp"], how="left", maintain_order="left").with_columns(
+        pl.col("observed").fill_null(False)
     )
 
 

@@ -104,7 +104,7 @@ def _beta_and_correlation(days: int) -> list[pl.Expr]:
 def with_market_factor(grid: pl.LazyFrame) -> pl.LazyFrame:
     """Join the market series onto the coin grid and add relative returns, betas and correlations."""
     series = market_return_series(grid)
-    joined = grid.join(series, on="timestamp", how="left").sort(COIN, "timestamp")
+    joined = grid.join(series, on="timestamp", how="left", maintain_order="left")
     return joined.with_columns(
         (pl.col("ret_7d") - pl.col("mkt_ret_7d")).alias("rel_ret_7d"),
         (pl.col("ret_30d") - pl.col("mkt_ret_30d")).alias("rel_ret_30d"),

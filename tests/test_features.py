@@ -357,3 +357,13 @@ def test_latest_vectors_as_of_and_max_age() -> None:
     assert fresh.get_column("coin_id").to_list() == ["alpha"]
     training = build(market).filter(pl.col("timestamp") == START + timedelta(days=80))
     assert_frame_equal(fresh, training)
+
+
+def test_a_coins_own_features_do_not_depend_on_other_coins() -> None:
+    from features.market import MARKET_COLUMNS
+
+    rng = np.random.default_rng(13)
+    alone = market_rows("beta", random_walk(rng, 150), start=START + timedelta(days=40))
+    others = pl.concat([market_rows("alpha", random_walk(rng, 120)), market_rows("gamma", random_walk(rng, 300))])
+    with_others = build(pl.concat([others, alone])).filter(pl.col("coin_id") == "beta")
+    assert_frame_equal(with_others.select(MARKET_COLUMNS), build(alone).select(MARKET_COLUMNS), check_exact=True)
