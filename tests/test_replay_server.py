@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -298,3 +302,31 @@ def test_server_stops_and_frees_its_port() -> None:
         assert httpx.get(url + "/ping").status_code == 200
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/ping")
+
+
+def test_serve_replay_runs_as_a_long_lived_process() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = (
+        "from khalsi.sources.replay import serve_replay; "
+        f"serve_replay(port={port}, start='2024-01-01', speed=0, log_level='warning')"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.get(
+                    f"http://127.0.0.1:{port}/api/v3/simple/price",
+                    params={"ids": "bitcoin", "vs_currencies": "usd", "include_last_updated_at": "true"},
+                )
+                break
+            except httpx.ConnectError:
+                assert process.poll() is None, "serve_replay exited"
+                assert time.monotonic() < deadline, "serve_replay did not start"
+                time.sleep(0.1)
+        assert response.json()["bitcoin"]["last_updated_at"] == int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
