@@ -13,6 +13,9 @@ Public API:
   -> pl.DataFrame``: each coin's last row at or before ``as_of``, computed by the same code on a
   trailing slice of history and bit-identical to the training row of that (coin, timestamp).
 
+- ``check_market(market)``: raises ``FeatureInputError`` (a ValueError naming the problem
+  counts) unless market rows are unique per coin and 00:00 UTC day with a positive price.
+
 Feature groups (see the modules for definitions and the reasons behind them):
 ``features.market`` (returns, volatility, RSI, MACD, ranges, volume/cap), ``features.market_factor``
 (BTC and cap-weighted market returns, betas, correlations), ``features.social`` (Fear & Greed,
@@ -25,7 +28,9 @@ from features.pipeline import (
     FEATURE_COLUMNS,
     KEY_COLUMNS,
     ONLINE_HISTORY_DAYS,
+    FeatureInputError,
     build_feature_frame,
+    check_market,
     latest_feature_vectors,
     load_feature_frame,
 )
@@ -34,7 +39,9 @@ __all__ = [
     "FEATURE_COLUMNS",
     "KEY_COLUMNS",
     "ONLINE_HISTORY_DAYS",
+    "FeatureInputError",
     "build_feature_frame",
+    "check_market",
     "latest_feature_vectors",
     "load_feature_frame",
 ]

@@ -33,6 +33,35 @@ KEY_COLUMNS: list[str] = ["coin_id", "symbol", "timestamp", "price"]
 ONLINE_HISTORY_DAYS = 2 * max(MARKET_LOOKBACK_DAYS, FACTOR_LOOKBACK_DAYS, SOCIAL_LOOKBACK_DAYS)
 
 
+class FeatureInputError(ValueError):
+    """Market rows the pipeline cannot turn into point-in-time features."""
+
+
+def check_market(market: pl.LazyFrame) -> None:
+    """Raise FeatureInputError unless rows are unique per coin and 00:00 UTC day with a positive price.
+
+    The calendar grid assumes this (ingestion guarantees it); a row at another time of day would
+    otherwise silently shift a coin's grid and drop its rows.
+    """
+    timestamp = pl.col("timestamp")
+    counts = (
+        _conform(market, MARKET_SCHEMA)
+        .select(
+            (timestamp != timestamp.dt.truncate("1d")).sum().alias("not at 00:00 UTC"),
+            pl.struct("coin_id", "timestamp").is_duplicated().sum().alias("duplicated (coin_id, timestamp)"),
+            (pl.col("price").is_null() | ~(pl.col("price") > 0) | pl.col("price").is_infinite())
+            .sum()
+            .alias("price missing, non-positive or infinite"),
+            (pl.col("coin_id").is_null() | timestamp.is_null()).sum().alias("coin_id or timestamp missing"),
+        )
+        .collect()
+        .row(0, named=True)
+    )
+    problems = [f"{count} rows {what}" for what, count in counts.items() if count]
+    if problems:
+        raise FeatureInputError("market rows unusable for features: " + "; ".join(problems))
+
+
 def _conform(frame: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     """The lake columns in their lake types (so joins on timestamps line up)."""
     return frame.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
@@ -41,7 +70,8 @@ def _conform(frame: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFram
 def build_feature_frame(market: pl.LazyFrame, fear_greed: pl.LazyFrame, social_daily: pl.LazyFrame) -> pl.LazyFrame:
     """One row per market row: ``coin_id, symbol, timestamp, price`` and FEATURE_COLUMNS.
 
-    Market rows must be one per coin and 00:00 UTC day (as ingestion writes them). Every feature
+    Market rows must be one per coin and 00:00 UTC day (as ingestion writes them; see
+    :func:`check_market`, which the lake and online entry points call). Every feature
     of the row (c, t) uses only market rows with ``timestamp <= t`` and Fear & Greed / social rows
     with ``available_at <= t``.
     """
@@ -59,7 +89,8 @@ def build_feature_frame(market: pl.LazyFrame, fear_greed: pl.LazyFrame, social_d
 
 
 def load_feature_frame(lake_dir: Path) -> pl.LazyFrame:
-    """The feature frame of everything in the lake."""
+    """The feature frame of everything in the lake (market rows checked first)."""
+    check_market(scan_market(lake_dir))
     return build_feature_frame(scan_market(lake_dir), scan_fear_greed(lake_dir), scan_social_daily(lake_dir))
 
 
@@ -77,6 +108,7 @@ def latest_feature_vectors(
     the training row for the same (coin, timestamp). ``max_age`` drops coins whose last row is
     older than ``as_of - max_age`` (a stale price is not a current prediction input).
     """
+    check_market(market)
     market = _conform(market, MARKET_SCHEMA)
     fear_greed = _conform(fear_greed, FEAR_GREED_SCHEMA)
     social_daily = _conform(social_daily, SOCIAL_DAILY_SCHEMA)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +12,15 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from features import FEATURE_COLUMNS, KEY_COLUMNS, build_feature_frame, latest_feature_vectors, load_feature_frame
+from features import (
+    FEATURE_COLUMNS,
+    KEY_COLUMNS,
+    FeatureInputError,
+    build_feature_frame,
+    check_market,
+    latest_feature_vectors,
+    load_feature_frame,
+)
 from khalsi.lake import (
     FEAR_GREED_SCHEMA,
     MARKET_SCHEMA,
@@ -367,3 +375,25 @@ def test_a_coins_own_features_do_not_depend_on_other_coins() -> None:
     others = pl.concat([market_rows("alpha", random_walk(rng, 120)), market_rows("gamma", random_walk(rng, 300))])
     with_others = build(pl.concat([others, alone])).filter(pl.col("coin_id") == "beta")
     assert_frame_equal(with_others.select(MARKET_COLUMNS), build(alone).select(MARKET_COLUMNS), check_exact=True)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda frame: frame.with_columns(pl.col("timestamp").dt.offset_by("1h")), "not at 00:00 UTC"),
+        (lambda frame: pl.concat([frame, frame.head(1)]), "duplicated"),
+        (lambda frame: frame.with_columns(pl.lit(0.0).alias("price")), "non-positive"),
+    ],
+    ids=["off-midnight", "duplicate", "zero-price"],
+)
+def test_unusable_market_rows_are_refused_clearly(
+    tmp_path: Path, damage: Callable[[pl.DataFrame], pl.DataFrame], message: str
+) -> None:
+    good = market_rows("alpha", [1.0, 2.0, 3.0])
+    check_market(good.lazy())
+    bad = damage(good)
+    with pytest.raises(FeatureInputError, match=message):
+        latest_feature_vectors(bad.lazy(), no_fear_greed(), no_social())
+    write_market_partition(tmp_path, "alpha", bad)
+    with pytest.raises(FeatureInputError, match=message):
+        load_feature_frame(tmp_path)
