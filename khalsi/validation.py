@@ -14,7 +14,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import pandas as pd
@@ -29,6 +29,7 @@ MARKET_DAILY = "market_daily"
 FEAR_GREED = "fear_greed"
 SOCIAL_POSTS = "social_posts"
 SOCIAL_DAILY = "social_daily"
+TRENDING = "trending_tokens"
 
 # A day's move beyond x4 or /4 is flagged for a human: it happens (listings, early history) but is
 # more often a unit or feed error.
@@ -102,13 +103,13 @@ def _context() -> Any:
     return context
 
 
-@lru_cache(maxsize=None)
+@cache
 def _batch_definition(dataset: str) -> Any:
     source = _context().data_sources.add_pandas(f"khalsi_{dataset}")
     return source.add_dataframe_asset(dataset).add_batch_definition_whole_dataframe("batch")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _suite(dataset: str) -> Any:
     import great_expectations as gx
     import great_expectations.expectations as gxe
@@ -157,6 +158,13 @@ def _suite(dataset: str) -> Any:
             gxe.ExpectColumnValuesToBeBetween(column="post_count", min_value=0),
         ]
         warning = []
+    elif dataset == TRENDING:
+        critical = [
+            *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("coin_id", "symbol", "name", "timestamp")),
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["coin_id", "timestamp"]),
+            gxe.ExpectColumnValuesToBeBetween(column="rank", min_value=1),
+        ]
+        warning = [gxe.ExpectColumnValuesToNotBeNull(column="volume_24h")]
     else:
         raise ValueError(f"no expectation suite for dataset {dataset!r}")
     _context()  # GX binds a suite to the active context when it is built
@@ -232,9 +240,7 @@ def validate_market(batch: pl.DataFrame, *, now: datetime | None = None, stale_a
 
 def validate_fear_greed(batch: pl.DataFrame) -> ValidationReport:
     """Run the Fear & Greed suite (``day, value, classification``)."""
-    derived = batch.sort("day").with_columns(
-        days_since_previous=pl.col("day").diff().dt.total_days().cast(pl.Float64)
-    )
+    derived = batch.sort("day").with_columns(days_since_previous=pl.col("day").diff().dt.total_days().cast(pl.Float64))
     return _run_suite(FEAR_GREED, derived.to_pandas())
 
 
@@ -246,3 +252,8 @@ def validate_social_posts(batch: pl.DataFrame) -> ValidationReport:
 def validate_social_daily(batch: pl.DataFrame) -> ValidationReport:
     """Run the daily social aggregates suite."""
     return _run_suite(SOCIAL_DAILY, batch.to_pandas())
+
+
+def validate_trending(batch: pl.DataFrame) -> ValidationReport:
+    """Run the trending tokens suite."""
+    return _run_suite(TRENDING, batch.to_pandas())

@@ -128,8 +128,7 @@ def prepare_market_batch(
     # An on-grid row wins its midnight; a snapped row only fills a midnight nobody else has.
     frame = frame.sort("coin_id", "grid_timestamp", "on_grid", descending=[False, False, True])
     frame = frame.with_columns(
-        taken=pl.col("grid_timestamp").is_not_null()
-        & (pl.int_range(pl.len()).over("coin_id", "grid_timestamp") > 0)
+        taken=pl.col("grid_timestamp").is_not_null() & (pl.int_range(pl.len()).over("coin_id", "grid_timestamp") > 0)
     )
     reason = (
         pl.when(pl.col("grid_timestamp").is_null())
@@ -148,7 +147,11 @@ def prepare_market_batch(
     kept = kept.drop("total_volume").sort("coin_id", "timestamp")
     if previous is not None:
         anchor = pl.DataFrame(
-            {"coin_id": [kept["coin_id"][0] if kept.height else ""], "timestamp": [previous[0]], "price": [previous[1]]},
+            {
+                "coin_id": [kept["coin_id"][0] if kept.height else ""],
+                "timestamp": [previous[0]],
+                "price": [previous[1]],
+            },
             schema={"coin_id": pl.String(), "timestamp": pl.Datetime("us", "UTC"), "price": pl.Float64()},
         )
         history = pl.concat([anchor, kept.select("coin_id", "timestamp", "price")])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -11,8 +10,7 @@ from khalsi.ingest.market import MarketSource, ReplayMarketSource
 from khalsi.settings import MarketSource as MarketSourceName
 from khalsi.settings import Settings
 from khalsi.sources.exports import bundled_export_paths
-
-_PROCESS_START = time.monotonic()
+from khalsi.sources.replay import ReplayClock
 
 
 @lru_cache(maxsize=1)
@@ -22,22 +20,22 @@ def bundled_history_end() -> datetime:
     return datetime.fromisoformat(newest).replace(tzinfo=UTC) + timedelta(days=1)
 
 
+@lru_cache(maxsize=8)
+def _replay_clock(start: str, speed: float) -> ReplayClock:
+    # One clock per process and configuration, so every part of the platform agrees on "now".
+    return ReplayClock(start or bundled_history_end(), speed)
+
+
 def source_clock(settings: Settings) -> Callable[[], datetime]:
-    """"Now" for the configured source.
+    """ "Now" for the configured source.
 
     CoinGecko: the wall clock. Replay: ``KHALSI_REPLAY_START`` (default: the end of the bundled
-    history) moving forward at ``KHALSI_REPLAY_SPEED`` simulated seconds per wall second since the
-    process started (0 = frozen), so the real-time parts have something to react to offline.
+    history) moving forward at ``KHALSI_REPLAY_SPEED`` simulated seconds per wall second from the
+    first use in this process (0 = frozen), so the real-time parts have something to react to offline.
     """
     if settings.market_source is MarketSourceName.COINGECKO:
         return lambda: datetime.now(UTC)
-    start = (
-        datetime.fromisoformat(settings.replay_start).replace(tzinfo=UTC)
-        if settings.replay_start
-        else bundled_history_end()
-    )
-    speed = settings.replay_speed
-    return lambda: start + timedelta(seconds=(time.monotonic() - _PROCESS_START) * speed)
+    return _replay_clock(settings.replay_start, settings.replay_speed).now
 
 
 def market_source_from_settings(settings: Settings) -> MarketSource:

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import sqlalchemy as sa
@@ -46,7 +46,7 @@ def insert_new_rows(
         return 0
     dialect = session.get_bind().dialect.name
     inserted = 0
-    table = model.__table__
+    table = cast(sa.Table, model.__table__)
     for start in range(0, len(rows), INSERT_CHUNK_ROWS):
         chunk = list(rows[start : start + INSERT_CHUNK_ROWS])
         statement: Any
@@ -64,8 +64,13 @@ def insert_new_rows(
 def start_run(engine: Engine, *, flow: str, source: str, dataset: str, prefect_flow_run_id: str | None) -> uuid.UUID:
     """Record that a run began, so a crash still leaves a trace."""
     run = IngestionRun(
-        id=uuid.uuid4(), flow=flow, source=source, dataset=dataset, status="running",
-        started_at=datetime.now(UTC), prefect_flow_run_id=prefect_flow_run_id,
+        id=uuid.uuid4(),
+        flow=flow,
+        source=source,
+        dataset=dataset,
+        status="running",
+        started_at=datetime.now(UTC),
+        prefect_flow_run_id=prefect_flow_run_id,
     )
     with session_scope(engine) as session:
         session.add(run)
@@ -98,7 +103,8 @@ def finish_run(
         run.rows_stored = rows_stored
         run.rows_rejected = rows_rejected
         run.message = message
-        run.details = details
+        # Round-trip through JSON so timestamps and numpy scalars are stored as plain values.
+        run.details = None if details is None else json.loads(json.dumps(details, default=str))
         run.raw_path = raw_path
 
 
@@ -128,9 +134,13 @@ def quarantine(
     with session_scope(engine) as session:
         session.add(
             QuarantinedBatch(
-                ingestion_run_id=run_id, dataset=dataset, source=source, reason=report.describe_failures(),
+                ingestion_run_id=run_id,
+                dataset=dataset,
+                source=source,
+                reason=report.describe_failures(),
                 validation_result=json.loads(json.dumps(report.as_dict(), default=str)),
-                payload_path=str(path), row_count=batch.height,
+                payload_path=str(path),
+                row_count=batch.height,
             )
         )
     return path
@@ -174,7 +184,7 @@ def _as_utc(value: Any) -> Any:
     return value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value
 
 
-def _read_frame(engine: Engine, statement: sa.Select[Any], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _read_frame(engine: Engine, statement: sa.Executable, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     with engine.connect() as connection:
         rows = connection.execute(statement).all()
     columns = {
@@ -188,8 +198,12 @@ def refresh_market_lake(engine: Engine, lake_dir: Path, coin_id: str) -> Path:
     """Rewrite one coin's lake partition from the validated table."""
     statement = (
         sa.select(
-            MarketData.coin_id, MarketData.symbol, MarketData.timestamp,
-            MarketData.price, MarketData.volume_24h, MarketData.market_cap,
+            MarketData.coin_id,
+            MarketData.symbol,
+            MarketData.timestamp,
+            MarketData.price,
+            MarketData.volume_24h,
+            MarketData.market_cap,
         )
         .where(MarketData.coin_id == coin_id)
         .order_by(MarketData.timestamp)
@@ -198,9 +212,10 @@ def refresh_market_lake(engine: Engine, lake_dir: Path, coin_id: str) -> Path:
 
 
 def store_fear_greed(engine: Engine, batch: pl.DataFrame, *, run_id: uuid.UUID) -> int:
-    rows = [{**row, "ingestion_run_id": run_id} for row in batch.select(
-        "day", "value", "classification", "available_at"
-    ).iter_rows(named=True)]
+    rows = [
+        {**row, "ingestion_run_id": run_id}
+        for row in batch.select("day", "value", "classification", "available_at").iter_rows(named=True)
+    ]
     with session_scope(engine) as session:
         return insert_new_rows(session, FearGreed, rows, conflict_columns=["day"])
 
@@ -213,18 +228,39 @@ def refresh_fear_greed_lake(engine: Engine, lake_dir: Path) -> Path:
 
 
 def store_social_posts(engine: Engine, batch: pl.DataFrame, *, run_id: uuid.UUID) -> int:
-    columns = ["source", "external_id", "published_at", "text", "sentiment", "positive", "negative", "neutral",
-               "scorer", "coins"]
-    rows = [{**row, "id": uuid.uuid4(), "ingestion_run_id": run_id} for row in batch.select(columns).iter_rows(named=True)]
+    columns = [
+        "source",
+        "external_id",
+        "published_at",
+        "text",
+        "sentiment",
+        "positive",
+        "negative",
+        "neutral",
+        "scorer",
+        "coins",
+    ]
+    rows = [
+        {**row, "id": uuid.uuid4(), "ingestion_run_id": run_id} for row in batch.select(columns).iter_rows(named=True)
+    ]
     with session_scope(engine) as session:
         return insert_new_rows(session, SocialPost, rows, conflict_columns=["source", "external_id"])
 
 
 def replace_social_daily(engine: Engine, batch: pl.DataFrame) -> int:
     """Upsert daily aggregates: a day's aggregate is recomputed from all its stored posts."""
-    rows = list(batch.select(
-        "day", "coin_id", "mean_sentiment", "mention_count", "post_count", "fear_greed", "available_at"
-    ).iter_rows(named=True))
+    # Rounded so that a recomputation that only differs in float summation order changes nothing.
+    rows = list(
+        batch.select(
+            "day",
+            "coin_id",
+            pl.col("mean_sentiment").round(12),
+            "mention_count",
+            "post_count",
+            "fear_greed",
+            "available_at",
+        ).iter_rows(named=True)
+    )
     if not rows:
         return 0
     with session_scope(engine) as session:
@@ -232,16 +268,19 @@ def replace_social_daily(engine: Engine, batch: pl.DataFrame) -> int:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         changed = 0
         for start in range(0, len(rows), INSERT_CHUNK_ROWS):
-            chunk = [{**r, "id": uuid.uuid4(), "updated_at": datetime.now(UTC)} for r in rows[start : start + INSERT_CHUNK_ROWS]]
-            statement = insert(SocialDaily.__table__).values(chunk)
+            chunk = [
+                {**r, "id": uuid.uuid4(), "updated_at": datetime.now(UTC)}
+                for r in rows[start : start + INSERT_CHUNK_ROWS]
+            ]
+            statement = insert(cast(sa.Table, SocialDaily.__table__)).values(chunk)
             excluded = statement.excluded
+            table = cast(sa.Table, SocialDaily.__table__)
+            tracked = ("mean_sentiment", "mention_count", "post_count", "fear_greed", "available_at")
             statement = statement.on_conflict_do_update(
                 index_elements=["day", "coin_id"],
-                set_={
-                    "mean_sentiment": excluded.mean_sentiment, "mention_count": excluded.mention_count,
-                    "post_count": excluded.post_count, "fear_greed": excluded.fear_greed,
-                    "available_at": excluded.available_at, "updated_at": excluded.updated_at,
-                },
+                set_={**{name: excluded[name] for name in tracked}, "updated_at": excluded.updated_at},
+                # Only rows whose aggregate really changed are rewritten (and counted).
+                where=sa.or_(*(table.c[name].is_distinct_from(excluded[name]) for name in tracked)),
             )
             changed += max(int(getattr(session.execute(statement), "rowcount", 0) or 0), 0)
         return changed
@@ -249,8 +288,12 @@ def replace_social_daily(engine: Engine, batch: pl.DataFrame) -> int:
 
 def refresh_social_daily_lake(engine: Engine, lake_dir: Path) -> Path:
     statement = sa.select(
-        SocialDaily.day, SocialDaily.coin_id, SocialDaily.mean_sentiment, SocialDaily.mention_count,
-        SocialDaily.post_count, SocialDaily.available_at,
+        SocialDaily.day,
+        SocialDaily.coin_id,
+        SocialDaily.mean_sentiment,
+        SocialDaily.mention_count,
+        SocialDaily.post_count,
+        SocialDaily.available_at,
     ).order_by(SocialDaily.day, SocialDaily.coin_id)
     return lake.write_social_daily(lake_dir, _read_frame(engine, statement, lake.SOCIAL_DAILY_SCHEMA))
 
@@ -262,8 +305,12 @@ def read_social_posts(engine: Engine) -> pl.DataFrame:
         rows = connection.execute(statement).all()
     frame = pl.DataFrame(
         [(r[0], r[1] if r[1].tzinfo else r[1].replace(tzinfo=UTC), r[2], list(r[3] or [])) for r in rows],
-        schema={"source": pl.String(), "published_at": pl.Datetime("us", "UTC"), "sentiment": pl.Float64(),
-                "coins": pl.List(pl.String())},
+        schema={
+            "source": pl.String(),
+            "published_at": pl.Datetime("us", "UTC"),
+            "sentiment": pl.Float64(),
+            "coins": pl.List(pl.String()),
+        },
         orient="row",
     )
     return frame
