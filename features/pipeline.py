@@ -108,6 +108,8 @@ def latest_feature_vectors(
     the training row for the same (coin, timestamp). ``max_age`` drops coins whose last row is
     older than ``as_of - max_age`` (a stale price is not a current prediction input).
     """
+    if as_of is not None and as_of.utcoffset() is None:
+        raise ValueError(f"as_of must be timezone-aware (UTC), got {as_of!r}")
     check_market(market)
     market = _conform(market, MARKET_SCHEMA)
     fear_greed = _conform(fear_greed, FEAR_GREED_SCHEMA)

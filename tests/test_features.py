@@ -365,6 +365,8 @@ def test_latest_vectors_as_of_and_max_age() -> None:
     assert fresh.get_column("coin_id").to_list() == ["alpha"]
     training = build(market).filter(pl.col("timestamp") == START + timedelta(days=80))
     assert_frame_equal(fresh, training)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        latest_feature_vectors(market.lazy(), no_fear_greed(), no_social(), as_of=datetime(2024, 3, 1))
 
 
 def test_a_coins_own_features_do_not_depend_on_other_coins() -> None:
