@@ -2,7 +2,8 @@
 
 Every setting comes from the environment (prefix ``KHALSI_``) or a ``.env`` file; sections are
 nested, so ``KHALSI_DATABASE_URL`` sets ``settings.database.url`` and ``KHALSI_COINGECKO_API_KEY``
-sets ``settings.coingecko.api_key``. Nothing here does work at import time: call
+sets ``settings.coingecko.api_key``: the seed's ``.env`` names with the prefix (``JWT_SECRET`` is
+``KHALSI_JWT_SECRET``, ``ML_SERVICE_URL`` is ``KHALSI_ML_SERVICE_URL``). Nothing here does work at import time: call
 :func:`get_settings`.
 """
 
@@ -45,11 +46,12 @@ class RedisSettings(BaseModel):
     password: SecretStr | None = None
 
 
-class AuthSettings(BaseModel):
-    jwt_secret: SecretStr = SecretStr(DEV_SECRET)
-    jwt_expires_in: str = "7d"
+class JWTSettings(BaseModel):
+    # The seed's JWT_SECRET / JWT_EXPIRES_IN / REFRESH_TOKEN_*: KHALSI_JWT_SECRET and so on.
+    secret: SecretStr = SecretStr(DEV_SECRET)
+    expires_in: str = "7d"
     refresh_token_secret: SecretStr = SecretStr(DEV_SECRET + "-refresh")
-    refresh_token_expires_in: str = "30d"
+    refresh_token_expires_in: str = "30d"  # noqa: S105 - a lifetime, not a secret
 
 
 class CoinGeckoSettings(BaseModel):
@@ -97,13 +99,15 @@ class WebhookSettings(BaseModel):
 
 
 class RateLimitSettings(BaseModel):
-    window_minutes: int = Field(default=15, ge=1)
-    max_requests: int = Field(default=100, ge=1)
+    # KHALSI_RATE_LIMIT_WINDOW (minutes) and KHALSI_RATE_LIMIT_MAX (requests per window), as in the seed.
+    window: int = Field(default=15, ge=1)
+    max: int = Field(default=100, ge=1)
 
 
 class WebSocketSettings(BaseModel):
-    heartbeat_interval_ms: int = Field(default=30_000, ge=100)
-    heartbeat_timeout_ms: int = Field(default=5_000, ge=100)
+    # KHALSI_WS_HEARTBEAT_INTERVAL / _TIMEOUT, in milliseconds as in the seed.
+    heartbeat_interval: int = Field(default=30_000, ge=100)
+    heartbeat_timeout: int = Field(default=5_000, ge=100)
 
 
 class MLflowSettings(BaseModel):
@@ -150,13 +154,13 @@ class Settings(BaseSettings):
 
     database: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()
-    auth: AuthSettings = AuthSettings()
+    jwt: JWTSettings = JWTSettings()
     coingecko: CoinGeckoSettings = CoinGeckoSettings()
     social: SocialSettings = SocialSettings()
-    ml: MLServiceSettings = MLServiceSettings()
+    ml_service: MLServiceSettings = MLServiceSettings()
     smtp: SMTPSettings = SMTPSettings()
     webhooks: WebhookSettings = WebhookSettings()
-    rate: RateLimitSettings = RateLimitSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
     ws: WebSocketSettings = WebSocketSettings()
     mlflow: MLflowSettings = MLflowSettings()
     prefect: PrefectSettings = PrefectSettings()
@@ -165,8 +169,8 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets_outside_development(self) -> Settings:
         if self.environment is Environment.PRODUCTION:
             for name, secret in (
-                ("KHALSI_AUTH_JWT_SECRET", self.auth.jwt_secret),
-                ("KHALSI_AUTH_REFRESH_TOKEN_SECRET", self.auth.refresh_token_secret),
+                ("KHALSI_JWT_SECRET", self.jwt.secret),
+                ("KHALSI_JWT_REFRESH_TOKEN_SECRET", self.jwt.refresh_token_secret),
             ):
                 value = secret.get_secret_value()
                 if value.startswith(DEV_SECRET) or len(value) < 32:
