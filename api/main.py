@@ -1,0 +1,42 @@
+"""The product API (FastAPI): one app, domain routers, shared clients opened once per process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from api.health.router import router as health_router
+from khalsi.db.engine import async_session_factory, create_async_db_engine
+from khalsi.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for ``settings`` (the process settings by default)."""
+    app_settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_async_db_engine(app_settings)
+        app.state.settings = app_settings
+        app.state.session_factory = async_session_factory(engine)
+        app.state.redis = None
+        if app_settings.redis.url:
+            import redis.asyncio as redis_asyncio
+
+            password = app_settings.redis.password.get_secret_value() if app_settings.redis.password else None
+            app.state.redis = redis_asyncio.Redis.from_url(app_settings.redis.url, password=password)
+        app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(app_settings.ml_service.timeout_seconds))
+        try:
+            yield
+        finally:
+            await app.state.http.aclose()
+            if app.state.redis is not None:
+                await app.state.redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(title="Khalsi API", version="0.1.0", lifespan=lifespan)
+    app.include_router(health_router)
+    return app
