@@ -1,0 +1,3 @@
+-- One server, one database per component: the platform, MLflow's tracking store, Prefect's state.
+CREATE DATABASE mlflow;
+CREATE DATABASE prefect;
