@@ -125,10 +125,14 @@ def prepare_market_batch(
         grid_timestamp=pl.when(distance <= snap_tolerance).then(nearest_midnight),
         on_grid=pl.col("timestamp") == pl.col("timestamp").dt.truncate("1d"),
     )
-    # An on-grid row wins its midnight; a snapped row only fills a midnight nobody else has.
+    # An on-grid row wins its midnight; a snapped row only fills a midnight nobody else has. Two
+    # different on-grid rows for one midnight both stay: choosing one would be a guess, so
+    # validation sees the conflict and quarantines the batch.
     frame = frame.sort("coin_id", "grid_timestamp", "on_grid", descending=[False, False, True])
     frame = frame.with_columns(
-        taken=pl.col("grid_timestamp").is_not_null() & (pl.int_range(pl.len()).over("coin_id", "grid_timestamp") > 0)
+        taken=pl.col("grid_timestamp").is_not_null()
+        & ~pl.col("on_grid")
+        & (pl.int_range(pl.len()).over("coin_id", "grid_timestamp") > 0)
     )
     reason = (
         pl.when(pl.col("grid_timestamp").is_null())
@@ -144,27 +148,36 @@ def prepare_market_batch(
         volume_24h=pl.when(pl.col("total_volume") > 0).then(pl.col("total_volume")),
         market_cap=pl.when(pl.col("market_cap") > 0).then(pl.col("market_cap")),
     )
-    kept = kept.drop("total_volume").sort("coin_id", "timestamp")
+    kept = kept.drop("total_volume").with_columns(is_anchor=pl.lit(False))
     if previous is not None:
         anchor = pl.DataFrame(
             {
                 "coin_id": [kept["coin_id"][0] if kept.height else ""],
                 "timestamp": [previous[0]],
                 "price": [previous[1]],
+                "is_anchor": [True],
             },
-            schema={"coin_id": pl.String(), "timestamp": pl.Datetime("us", "UTC"), "price": pl.Float64()},
+            schema={
+                "coin_id": pl.String(),
+                "timestamp": pl.Datetime("us", "UTC"),
+                "price": pl.Float64(),
+                "is_anchor": pl.Boolean(),
+            },
         )
-        history = pl.concat([anchor, kept.select("coin_id", "timestamp", "price")])
-    else:
-        history = kept.select("coin_id", "timestamp", "price")
-    changes = history.sort("coin_id", "timestamp").with_columns(
-        price_change_24h=pl.when(
-            (pl.col("timestamp") - pl.col("timestamp").shift(1).over("coin_id")) == timedelta(days=1)
-        ).then((pl.col("price") / pl.col("price").shift(1).over("coin_id") - 1.0) * 100.0)
+        kept = pl.concat([anchor, kept], how="diagonal_relaxed")
+    # Each row is compared with the row before it and the anchor then dropped. Joining the changes
+    # back on (coin_id, timestamp) would multiply a repeated timestamp: a conflicting duplicate, or
+    # the stored last point fetched again (a late 00:05 snapshot is after its own midnight).
+    kept = (
+        kept.sort("coin_id", "timestamp", "is_anchor", descending=[False, False, True], maintain_order=True)
+        .with_columns(
+            price_change_24h=pl.when(
+                (pl.col("timestamp") - pl.col("timestamp").shift(1).over("coin_id")) == timedelta(days=1)
+            ).then((pl.col("price") / pl.col("price").shift(1).over("coin_id") - 1.0) * 100.0)
+        )
+        .filter(~pl.col("is_anchor"))
+        .select("coin_id", "symbol", "timestamp", "price", "volume_24h", "market_cap", "price_change_24h")
     )
-    kept = kept.join(
-        changes.select("coin_id", "timestamp", "price_change_24h"), on=["coin_id", "timestamp"], how="left"
-    ).select("coin_id", "symbol", "timestamp", "price", "volume_24h", "market_cap", "price_change_24h")
     return PreparedBatch(
         rows=kept,
         rejected=rejected,
