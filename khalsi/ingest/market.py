@@ -113,8 +113,6 @@ def prepare_market_batch(
       day is missing (including across the batch boundary, via ``previous``).
     """
     frame = raw.select(list(RAW_COLUMNS))
-    zero_volume = frame.filter(pl.col("total_volume") == 0).height
-    zero_cap = frame.filter(pl.col("market_cap") == 0).height
     before_dedupe = frame.height
     frame = frame.unique(maintain_order=True)
     duplicates = before_dedupe - frame.height
@@ -144,6 +142,9 @@ def prepare_market_batch(
     rejected = frame.filter(pl.col("reason").is_not_null()).select(*RAW_COLUMNS, "reason")
     snapped = frame.filter(pl.col("reason").is_null() & ~pl.col("on_grid")).height
     kept = frame.filter(pl.col("reason").is_null()).with_columns(timestamp=pl.col("grid_timestamp"))
+    # Counted on the rows kept: a zero on a refused row (APT's partial first day) never becomes NULL.
+    zero_volume = kept.filter(pl.col("total_volume") == 0).height
+    zero_cap = kept.filter(pl.col("market_cap") == 0).height
     kept = kept.select(list(RAW_COLUMNS)).with_columns(
         volume_24h=pl.when(pl.col("total_volume") > 0).then(pl.col("total_volume")),
         market_cap=pl.when(pl.col("market_cap") > 0).then(pl.col("market_cap")),
