@@ -89,9 +89,7 @@ def scan_market(lake_dir: Path) -> pl.LazyFrame:
     if not any(root.glob("coin_id=*/data.parquet")):
         return pl.LazyFrame(schema=MARKET_SCHEMA)
     # The partition column is also stored in the file, so hive inference is not needed.
-    return pl.scan_parquet(root / "coin_id=*" / "data.parquet", hive_partitioning=False).select(
-        list(MARKET_SCHEMA)
-    )
+    return pl.scan_parquet(root / "coin_id=*" / "data.parquet", hive_partitioning=False).select(list(MARKET_SCHEMA))
 
 
 def scan_fear_greed(lake_dir: Path) -> pl.LazyFrame:

@@ -78,7 +78,9 @@ def detect_csv_kind(path: Path) -> CsvKind:
         with path.open(encoding="utf-8-sig") as handle:
             header = handle.readline().strip()
     except (OSError, UnicodeDecodeError) as error:
-        raise UnrecognisedFileError(f"{path}: cannot be read as text ({error}); accepted: {ACCEPTED_FORMATS}")
+        raise UnrecognisedFileError(
+            f"{path}: cannot be read as text ({error}); accepted: {ACCEPTED_FORMATS}"
+        ) from error
     columns = tuple(part.strip().lower() for part in header.split(","))
     if columns == COINGECKO_EXPORT_COLUMNS:
         return CsvKind.COINGECKO_EXPORT
@@ -144,9 +146,7 @@ def read_fear_greed_csv(path: Path) -> pl.DataFrame:
         days = raw.get_column("timestamp").str.strptime(pl.Date(), "%Y-%m-%d", strict=True)
     except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError) as error:
         raise UnrecognisedFileError(f"{path}: malformed Fear & Greed CSV ({error})") from error
-    return raw.select(
-        days.alias("day"), pl.col("value"), pl.col("value_classification").alias("classification")
-    )
+    return raw.select(days.alias("day"), pl.col("value"), pl.col("value_classification").alias("classification"))
 
 
 def bundled_export_paths() -> list[Path]:
