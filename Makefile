@@ -11,7 +11,7 @@ KHALSI := .venv/bin/khalsi
 export UV_PROJECT_ENVIRONMENT := .venv
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: run test lint typecheck unit bench clean-home help
+.PHONY: run test bench help
 
 help:
 	@echo "make run    - ingest, validate and build the platform on the bundled real data"
@@ -34,18 +34,5 @@ run: $(VENV_STAMP)
 test: $(VENV_STAMP)
 	$(KHALSI) check
 
-lint: $(VENV_STAMP)
-	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
-
-typecheck: $(VENV_STAMP)
-	.venv/bin/mypy
-
-unit: $(VENV_STAMP)
-	.venv/bin/pytest -m "not slow"
-
 bench: $(VENV_STAMP)
 	$(KHALSI) bench
-
-clean-home:
-	rm -rf var
