@@ -56,7 +56,8 @@ def insert_new_rows(
             statement = sqlite.insert(table).values(chunk).on_conflict_do_nothing(index_elements=conflict_columns)
         else:
             raise ValueError(f"unsupported dialect {dialect}")
-        result = session.execute(statement)
+        # SQLAlchemy 2.1 only keeps an INSERT's rowcount when asked (PostgreSQL reported -1 otherwise).
+        result = session.execute(statement, execution_options={"preserve_rowcount": True})
         inserted += max(int(getattr(result, "rowcount", 0) or 0), 0)
     return inserted
 
@@ -282,7 +283,8 @@ def replace_social_daily(engine: Engine, batch: pl.DataFrame) -> int:
                 # Only rows whose aggregate really changed are rewritten (and counted).
                 where=sa.or_(*(table.c[name].is_distinct_from(excluded[name]) for name in tracked)),
             )
-            changed += max(int(getattr(session.execute(statement), "rowcount", 0) or 0), 0)
+            result = session.execute(statement, execution_options={"preserve_rowcount": True})
+            changed += max(int(getattr(result, "rowcount", 0) or 0), 0)
         return changed
 
 
