@@ -105,7 +105,8 @@ def last_post_time(engine: Engine, source_name: str) -> datetime | None:
         value = connection.execute(
             sa.select(sa.func.max(SocialPost.published_at)).where(SocialPost.source == source_name)
         ).scalar()
-    return None if value is None else (value if value.tzinfo else value.replace(tzinfo=UTC))
+    # psycopg answers in the session's zone (e.g. Etc/UTC), which polars will not compare with UTC.
+    return None if value is None else (value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC))
 
 
 def last_fear_greed_day(engine: Engine) -> datetime | None:

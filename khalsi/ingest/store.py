@@ -164,7 +164,8 @@ def last_market_point(engine: Engine, coin_id: str) -> tuple[datetime, float] | 
         ).first()
     if row is None:
         return None
-    timestamp = row[0] if row[0].tzinfo else row[0].replace(tzinfo=UTC)
+    # psycopg answers in the session's zone (e.g. Etc/UTC), which polars will not compare with UTC.
+    timestamp = row[0].astimezone(UTC) if row[0].tzinfo else row[0].replace(tzinfo=UTC)
     return timestamp, float(row[1])
 
 
