@@ -15,6 +15,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from tests.training_fixtures import bundled_inputs, small_config
 from training import plots
 from training.config import (
+    CalibrationMethod,
     ConfigError,
     ExperimentConfig,
     default_config,
@@ -30,7 +31,7 @@ from training.metrics import (
 )
 from training.metrics import brier as brier_score
 from training.metrics import log_loss as our_log_loss
-from training.model import CalibrationMethod, fit_calibrator
+from training.model import fit_calibrator
 from training.walk_forward import (
     Dataset,
     WalkForwardResult,
