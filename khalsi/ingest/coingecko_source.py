@@ -10,7 +10,7 @@ import polars as pl
 
 from khalsi.ingest.market import FetchedHistory
 from khalsi.settings import Settings
-from khalsi.sources.coingecko import CoinGeckoClient, market_chart_to_frame
+from khalsi.sources.coingecko import CoinGeckoClient, CoinGeckoError, market_chart_to_frame
 from khalsi.sources.exports import BUNDLED_COINS, COINS_BY_ID, CoinInfo
 
 
@@ -34,9 +34,19 @@ class CoinGeckoMarketSource:
         days: int | Literal["max"] = "max"
         if since is not None:
             days = max(91, math.ceil((datetime.now(UTC) - since).total_seconds() / 86_400) + 1)
-        async with CoinGeckoClient.from_settings(self._settings) as client:
-            chart = await client.market_chart(coin.coin_id, days=days, interval="daily")
-            raw = client.last_raw.body if client.last_raw is not None else b""
+        try:
+            async with CoinGeckoClient.from_settings(self._settings) as client:
+                chart = await client.market_chart(coin.coin_id, days=days, interval="daily")
+                raw = client.last_raw.body if client.last_raw is not None else b""
+        except CoinGeckoError as error:
+            # Name the coin: a run over many coins must say which one failed, not only "500".
+            raise type(error)(
+                f"{coin.coin_id}: {error.message}",
+                status_code=error.status_code,
+                error_code=error.error_code,
+                url=error.url,
+                retry_after=error.retry_after,
+            ) from error
         rows = market_chart_to_frame(chart, coin)
         if since is not None:
             rows = rows.filter(pl.col("timestamp") > since)
