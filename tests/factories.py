@@ -187,3 +187,18 @@ def tree_digest(root: Path) -> dict[str, str]:
 def as_utc(value: datetime) -> datetime:
     """SQLite returns naive datetimes; every stored time is UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def isolated_khalsi_env(monkeypatch: Any, **values: str) -> None:
+    """Only the given ``KHALSI_<NAME>`` variables, and settings read afresh (flows call ``get_settings``)."""
+    import os
+
+    from khalsi.settings import get_settings
+
+    for key in list(os.environ):
+        # KHALSI_TEST_* point the test fixtures at services; they are not platform settings.
+        if key.startswith("KHALSI_") and not key.startswith("KHALSI_TEST_"):
+            monkeypatch.delenv(key)
+    for name, value in values.items():
+        monkeypatch.setenv(f"KHALSI_{name}", value)
+    get_settings.cache_clear()
