@@ -214,6 +214,5 @@ def test_train_flow_reads_the_lake_and_returns_the_run_id(
     assert run.data.tags["khalsi.validation"] == "validation-7"
     assert run.data.tags["khalsi.horizon_days"] == "7"
     assert run.data.tags["khalsi.promotion.decision"] in {"promoted", "not-promoted"}
-    assert client.search_model_versions(f"run_id = '{run_id}'") or client.search_model_versions(
-        f"name = '{config.model_name}'"
-    )
+    versions = client.search_model_versions(f"name = '{config.model_name}'")
+    assert [v.tags.get("khalsi.source_run_id") for v in versions] == [run_id]

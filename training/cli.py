@@ -22,7 +22,6 @@ training_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and compa
 experiments_app = typer.Typer(no_args_is_help=True, help="Inspect tracked experiments.")
 training_app.add_typer(experiments_app, name="experiments")
 
-console = Console()
 DATE_FORMATS = ["%Y-%m-%d"]
 
 
@@ -36,6 +35,7 @@ def train_command(
     ] = None,
 ) -> None:
     """Walk-forward train, log to MLflow, register, and promote only if the rule says so."""
+    console = Console()
     from training.data import NoTrainingDataError
     from training.experiment import run_experiment
     from training.walk_forward import NotEnoughDataError
@@ -87,6 +87,7 @@ def evaluate_command(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this file")] = None,
 ) -> None:
     """Score a trained model (nothing retrained) on a stored date range, beside the baselines."""
+    console = Console()
     from training.evaluate import EmptyEvaluationError, evaluate_model, metrics_table
     from training.registry import ModelNotFoundError
 
@@ -122,6 +123,7 @@ def compare_command(
     limit: Annotated[int, typer.Option("--limit", help="At most this many runs")] = 30,
 ) -> None:
     """Runs side by side: out-of-sample metrics, baselines, data fingerprint, promotion."""
+    console = Console()
     from training.compare import runs_frame, runs_table
 
     frame = runs_frame(get_settings(), horizons=horizon, max_runs=limit)

@@ -117,7 +117,7 @@ def runs_table(frame: pl.DataFrame) -> Table:
         "ece",
         "promotion",
     ):
-        table.add_column(column, justify="left" if column in {"run", "promotion", "data"} else "right")
+        table.add_column(column, justify="left" if column in {"run", "promotion", "data"} else "right", no_wrap=True)
     for row in frame.iter_rows(named=True):
         table.add_row(
             f"{row['run_name']} ({row['run_id'][:8]})",

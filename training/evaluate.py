@@ -117,7 +117,7 @@ def evaluate_model(
     quantiles = model.return_quantiles(features)
     trailing = evaluation.get_column(TRAILING_RETURN).cast(pl.Float64).fill_null(np.nan).to_numpy()
     predictions = evaluation.select(
-        "coin_id", "timestamp", pl.col(LABEL).cast(pl.Float64).alias("y"), FWD_RETURN
+        "coin_id", "timestamp", pl.col(LABEL).cast(pl.Float64).alias("y"), pl.col(FWD_RETURN).alias("fwd_return")
     ).with_columns(
         pl.Series("p_model", model.calibrator.apply(raw)),
         pl.Series("p_raw", raw),
@@ -141,7 +141,7 @@ def evaluate_model(
 def metrics_table(summary: EvaluationSummary, *, title: str) -> Table:
     """A rich table: one row per predictor, each metric with its bootstrap interval."""
     table = Table(title=title)
-    table.add_column("predictor")
+    table.add_column("predictor", no_wrap=True)
     for metric in REPORTED_METRICS:
         table.add_column(metric, justify="right")
     names = {
