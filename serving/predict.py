@@ -209,3 +209,66 @@ def all_items(snapshot: FeatureSnapshot, horizons: Sequence[int]) -> list[Predic
     return [
         PredictionItem(coin=coin_id, horizon=horizon_label(days)) for coin_id in snapshot.coin_ids for days in horizons
     ]
+
+
+def feature_set_digest(names: Sequence[str]) -> str:
+    """A short, stable identifier of an ordered feature list."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def prediction_rows(
+    results: Sequence[PredictionResult],
+    *,
+    models: Mapping[int, ServedModel],
+    feature_version: int | None,
+    source: str = "batch-score",
+) -> list[dict[str, object]]:
+    """Rows for the ``predictions`` table from successful results (errors are not rows)."""
+    rows: list[dict[str, object]] = []
+    by_name = {served.name: served for served in models.values()}
+    for result in results:
+        if result.error is not None or result.model_name is None or result.price_target is None:
+            continue
+        served = by_name[result.model_name]
+        target = result.price_target
+        rows.append(
+            {
+                "coin_id": result.coin_id,
+                "symbol": result.symbol,
+                "timeframe": served.horizon,
+                "probability_up": result.probability_up,
+                "probability_down": result.probability_down,
+                "confidence_level": result.confidence,
+                "price_target": target.median,
+                "price_target_low": target.low,
+                "price_target_high": target.high,
+                "model_name": served.name,
+                "model_version": served.version,
+                "feature_timestamp": result.feature_timestamp,
+                "expires_at": result.expires_at,
+                "methodology": {
+                    "source": source,
+                    "model_name": served.name,
+                    "model_version": served.version,
+                    "model_run_id": served.run_id,
+                    "horizon_days": served.horizon_days,
+                    "feature_timestamp": result.feature_timestamp.isoformat() if result.feature_timestamp else None,
+                    "feature_store_version": feature_version,
+                    "feature_set": {
+                        "names": list(served.feature_names),
+                        "sha256_16": feature_set_digest(served.feature_names),
+                    },
+                    "price": result.price,
+                    "calibration": served.model.calibrator.method.value,
+                    "confidence": CONFIDENCE_DEFINITION,
+                    "price_target": {
+                        "formula": "price * exp(q), q = predicted log-return quantile",
+                        "quantiles": served.model.alphas,
+                        "interval": target.interval,
+                    },
+                },
+            }
+        )
+    return rows

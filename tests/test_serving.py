@@ -96,7 +96,13 @@ def register_model(settings: Settings, model: DirectionModel, tmp_dir: Path, *, 
     name = model_name(model.horizon_days)
     artifacts = model.save(tmp_dir / f"model-{model.horizon_days}d-{time.monotonic_ns()}")
     with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="model", python_model=DirectionPyfunc(), artifacts=artifacts)
+        # Declared requirements: inferring them would load the model in a subprocess (seconds).
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=DirectionPyfunc(),
+            artifacts=artifacts,
+            pip_requirements=[f"mlflow=={mlflow.__version__}", f"xgboost=={xgb.__version__}"],
+        )
     version = str(mlflow.register_model(info.model_uri, name).version)
     if champion:
         client.set_registered_model_alias(name, CHAMPION, version)
