@@ -10,6 +10,7 @@ from rich.table import Table
 
 from khalsi.settings import Settings
 from training.config import HORIZONS
+from training.metrics import reliability_curve
 from training.registry import TAG_PREFIX, configure_mlflow, experiment_name, run_predictions
 
 RUN_COLUMNS = [
@@ -84,6 +85,29 @@ def runs_frame(settings: Settings, *, horizons: list[int] | None = None, max_run
 def predictions_of(settings: Settings, run_id: str) -> pl.DataFrame:
     """A run's out-of-sample predictions (for reliability curves and custom analysis)."""
     return run_predictions(configure_mlflow(settings), run_id)
+
+
+def fold_metrics(settings: Settings, run_id: str) -> pl.DataFrame:
+    """A run's per-fold out-of-sample Brier score, model beside the baselines (one row per fold)."""
+    client = configure_mlflow(settings)
+    columns: dict[str, list[float]] = {}
+    for name in ("fold_brier", "fold_base_rate_brier", "fold_momentum_brier", "fold_auc"):
+        history = sorted(client.get_metric_history(run_id, name), key=lambda metric: metric.step)
+        columns[name.removeprefix("fold_")] = [metric.value for metric in history]
+    n = min((len(values) for values in columns.values()), default=0)
+    return pl.DataFrame({"fold": list(range(n)), **{name: values[:n] for name, values in columns.items()}})
+
+
+def reliability_frame(predictions: pl.DataFrame, *, n_bins: int = 10) -> pl.DataFrame:
+    """Reliability curves of the model and the baselines: one row per predictor and filled bin."""
+    y = predictions.get_column("y").cast(pl.Float64).to_numpy()
+    parts = []
+    for name in ("model", "raw", "base_rate", "momentum"):
+        column = f"p_{name}"
+        if column in predictions.columns:
+            curve = reliability_curve(y, predictions.get_column(column).to_numpy(), n_bins=n_bins)
+            parts.append(pl.DataFrame(curve).with_columns(pl.lit(name).alias("predictor")))
+    return pl.concat(parts) if parts else pl.DataFrame()
 
 
 def _interval(row: dict[str, Any], metric: str) -> str:
