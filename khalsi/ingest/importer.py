@@ -25,7 +25,7 @@ FLOW_NAME = "import"
 
 
 def plan_import(paths: list[Path], *, coin_id: str | None = None) -> list[tuple[Path, CsvKind]]:
-    """Recognise every file before touching anything: one unknown file refuses the whole import."""
+    """Recognise and parse every file before touching anything: one bad file refuses the whole import."""
     if coin_id is not None and len(paths) != 1:
         raise UnrecognisedFileError("--coin names the coin of a single file; give one path with it")
     planned = []
@@ -33,8 +33,12 @@ def plan_import(paths: list[Path], *, coin_id: str | None = None) -> list[tuple[
         if not path.is_file():
             raise UnrecognisedFileError(f"{path}: no such file")
         kind = detect_csv_kind(path)
+        # Parsed now, not when its turn comes: a malformed value in the last file must not leave
+        # the files before it imported.
         if kind is CsvKind.COINGECKO_EXPORT:
-            coin_for_export(path, coin_id)  # fail now if the coin cannot be told
+            read_coingecko_export(path, coin_for_export(path, coin_id))  # also fails if the coin cannot be told
+        else:
+            read_fear_greed_csv(path)
         planned.append((path, kind))
     return planned
 
