@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
@@ -33,13 +34,15 @@ def prefect_run_id() -> str | None:
     return str(flow_run.get_id() or "") or None
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5)
+@task(
+    cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5
+)
 async def fetch_history(source: MarketSource, coin: CoinInfo, since: datetime | None) -> FetchedHistory:
     """Fetch a coin's new daily rows (the HTTP client retries faults itself; this retries the rest)."""
     return await source.daily_history(coin, since=since)
 
 
-@task
+@task(cache_policy=NO_CACHE)
 async def load_batch(settings: Settings, fetched: FetchedHistory, source_name: str, now: datetime) -> BatchOutcome:
     """Prepare, validate and store (or quarantine) one coin's batch, off the event loop."""
     engine = create_sync_engine(settings)
@@ -58,7 +61,7 @@ async def load_batch(settings: Settings, fetched: FetchedHistory, source_name: s
         engine.dispose()
 
 
-@task
+@task(cache_policy=NO_CACHE)
 async def resume_points(settings: Settings, coins: list[CoinInfo]) -> dict[str, datetime | None]:
     """Migrate, register the coins and find where each one's history resumes."""
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import polars as pl
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from flows.ingest_market import prefect_run_id
@@ -27,20 +28,26 @@ from khalsi.sources.social import SocialSource
 FLOW_NAME = "ingest_social"
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5)
+@task(
+    cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5
+)
 async def fetch_posts(source: SocialSource, since: datetime | None) -> pl.DataFrame:
     """New posts from one source, scored and with their coin mentions."""
     return await source.fetch(since=since)
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5)
+@task(
+    cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5
+)
 async def fetch_fear_greed(settings: Settings, since: datetime | None) -> tuple[str, pl.DataFrame]:
     """New Fear & Greed days."""
     source = social.fear_greed_source(settings)
     return source.name, await source.fetch(since=since)
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5)
+@task(
+    cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5
+)
 async def fetch_trending(settings: Settings) -> tuple[Any, bytes]:
     """CoinGecko's trending coins."""
     return await social.fetch_trending(settings)
@@ -58,27 +65,27 @@ async def _gate(settings: Settings, make_batch: Any) -> BatchOutcome:
     return await asyncio.to_thread(_run)
 
 
-@task
+@task(cache_policy=NO_CACHE)
 async def load_posts(settings: Settings, source_name: str, posts: pl.DataFrame) -> BatchOutcome:
     return await _gate(settings, lambda engine: social.posts_batch(engine, source_name, posts))
 
 
-@task
+@task(cache_policy=NO_CACHE)
 async def load_fear_greed(settings: Settings, source_name: str, frame: pl.DataFrame) -> BatchOutcome:
     return await _gate(settings, lambda engine: social.fear_greed_batch(engine, settings, source_name, frame))
 
 
-@task
+@task(cache_policy=NO_CACHE)
 async def load_trending(settings: Settings, frame: pl.DataFrame, raw: bytes) -> BatchOutcome:
     return await _gate(settings, lambda engine: social.trending_batch(engine, frame, raw, "coingecko-trending"))
 
 
-@task
+@task(cache_policy=NO_CACHE)
 async def rebuild_daily_aggregates(settings: Settings) -> BatchOutcome:
     return await _gate(settings, lambda engine: social.social_daily_batch(engine, settings))
 
 
-@task
+@task(cache_policy=NO_CACHE)
 async def resume_points(settings: Settings, source_names: list[str]) -> dict[str, datetime | None]:
     """Migrate and find where each social source resumes."""
 

@@ -136,6 +136,8 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         env_nested_delimiter="_",
         env_nested_max_split=1,
+        # `KHALSI_COINGECKO_API_KEY=` (as compose and .env.example pass when unset) means "no key".
+        env_ignore_empty=True,
         extra="ignore",
     )
 

@@ -95,7 +95,10 @@ class Prediction(Base):
         sa.Index("idx_predictions_created_at", sa.text("created_at DESC")),
         sa.Index("idx_predictions_expires_at", "expires_at"),
         # One prediction per coin, horizon, data point and model: re-scoring writes nothing twice.
-        sa.UniqueConstraint("coin_id", "timeframe", "feature_timestamp", "model_version"),
+        # (Named explicitly: the generated name is longer than PostgreSQL's 63-byte identifiers.)
+        sa.UniqueConstraint(
+            "coin_id", "timeframe", "feature_timestamp", "model_version", name="uq_predictions_coin_horizon_point_model"
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)

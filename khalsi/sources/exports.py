@@ -126,7 +126,9 @@ def read_coingecko_export(path: Path, coin: CoinInfo) -> pl.DataFrame:
             pl.Datetime("us", "UTC"), "%Y-%m-%d %H:%M:%S UTC", strict=True
         )
     except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError) as error:
-        raise UnrecognisedFileError(f"{path}: malformed CoinGecko export ({error})") from error
+        raise UnrecognisedFileError(
+            f"{path}: malformed CoinGecko export ({error}); accepted: {ACCEPTED_FORMATS}"
+        ) from error
     return raw.select(
         pl.lit(coin.coin_id).alias("coin_id"),
         pl.lit(coin.symbol).alias("symbol"),
@@ -145,7 +147,9 @@ def read_fear_greed_csv(path: Path) -> pl.DataFrame:
         raw = pl.read_csv(path, schema_overrides={"value": pl.Int64(), "timestamp": pl.String()})
         days = raw.get_column("timestamp").str.strptime(pl.Date(), "%Y-%m-%d", strict=True)
     except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError) as error:
-        raise UnrecognisedFileError(f"{path}: malformed Fear & Greed CSV ({error})") from error
+        raise UnrecognisedFileError(
+            f"{path}: malformed Fear & Greed CSV ({error}); accepted: {ACCEPTED_FORMATS}"
+        ) from error
     return raw.select(days.alias("day"), pl.col("value"), pl.col("value_classification").alias("classification"))
 
 

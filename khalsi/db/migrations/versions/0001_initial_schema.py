@@ -110,7 +110,7 @@ def upgrade() -> None:
             "timeframe",
             "feature_timestamp",
             "model_version",
-            name=op.f("uq_predictions_coin_id_timeframe_feature_timestamp_model_version"),
+            name="uq_predictions_coin_horizon_point_model",
         ),
     )
     with op.batch_alter_table("predictions", schema=None) as batch_op:
