@@ -1,13 +1,17 @@
 """Champions from the MLflow registry and the feature snapshot, kept current without a restart.
 
-:class:`ServingRuntime` holds two references, swapped whole (a Python reference assignment is
-atomic, and a request reads both once at its start, so it never sees half a swap):
+:class:`ServingRuntime` holds one :class:`ServingState`, replaced whole on every change (a Python
+reference assignment is atomic, and a request reads it once at its start, so it never sees half a
+swap):
 
 - ``models``: horizon -> :class:`serving.predict.ServedModel`, the version holding the ``champion``
   alias of ``khalsi-direction-<H>d`` (never "latest"). The alias is resolved first and that exact
   version is loaded (``models:/<name>/<version>``), so the version reported is the one answering
   even if the alias moves during the load;
-- ``snapshot``: the online store's :class:`serving.feature_store.FeatureSnapshot`.
+- ``snapshot``: the online store's :class:`serving.feature_store.FeatureSnapshot`;
+- ``answers``: every coin's probability and quantiles per horizon, from one booster pass over the
+  snapshot's matrix made at the swap (inputs change daily, requests come all the time), so a request
+  costs lookups, the staleness check and, if asked, its own TreeSHAP contributions.
 
 A background thread polls the alias every ``model_poll_seconds`` and the store's version every
 ``feature_poll_seconds`` and swaps in what changed. A failed load keeps the previous model or
@@ -22,11 +26,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from khalsi.settings import Settings
 from serving.feature_store import FeatureSnapshot, OnlineFeatureStore, open_feature_store
-from serving.predict import ServedModel, predict_items
+from serving.predict import PrecomputedAnswers, ServedModel, precompute_answers, predict_items
 from serving.schemas import (
     PredictionItem,
     PredictionResult,
@@ -99,6 +104,15 @@ def load_champions(settings: Settings, horizons: Sequence[int]) -> tuple[dict[in
     return models, errors
 
 
+@dataclass(frozen=True)
+class ServingState:
+    """What answers requests: the champions, the feature snapshot and their precomputed answers."""
+
+    models: Mapping[int, ServedModel]
+    snapshot: FeatureSnapshot | None
+    answers: PrecomputedAnswers | None
+
+
 class ServingRuntime:
     """The champions and feature vectors in memory, refreshed in the background, answering predictions."""
 
@@ -120,12 +134,34 @@ class ServingRuntime:
             clock = source_clock(settings)
         self.clock = clock
         self.store = store or open_feature_store(settings)
-        self.models: Mapping[int, ServedModel] = {}
-        self.snapshot: FeatureSnapshot | None = None
+        # One reference, replaced whole: a request reads models, snapshot and answers that belong together.
+        self.state = ServingState(models={}, snapshot=None, answers=None)
         self.errors: dict[str, str] = {}
         self._refresh_lock = threading.Lock()
+        self._swap_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def models(self) -> Mapping[int, ServedModel]:
+        return self.state.models
+
+    @property
+    def snapshot(self) -> FeatureSnapshot | None:
+        return self.state.snapshot
+
+    def _swap(
+        self, *, models: Mapping[int, ServedModel] | None = None, snapshot: FeatureSnapshot | None = None
+    ) -> None:
+        """Install new models and/or a new snapshot with their precomputed answers, in one assignment."""
+        with self._swap_lock:
+            current = self.state
+            new_models = current.models if models is None else models
+            new_snapshot = current.snapshot if snapshot is None else snapshot
+            answers = precompute_answers(new_models, new_snapshot) if new_models and new_snapshot else None
+            self.state = ServingState(models=new_models, snapshot=new_snapshot, answers=answers)
+        # What was just loaded lives until the next swap: keep it out of the collector's way.
+        gc.freeze()
 
     # -- loading and refreshing -------------------------------------------------------------------
 
@@ -133,8 +169,8 @@ class ServingRuntime:
         """Load every champion and the current snapshot (at start-up)."""
         with self._refresh_lock:
             models, errors = load_champions(self.settings, self.horizons)
-            self.models = models
             self.errors = errors
+            self._swap(models=models)
         self.refresh_features()
 
     def refresh_models(self) -> bool:
@@ -178,8 +214,7 @@ class ServingRuntime:
                 )
                 changed = True
             if changed:
-                self.models = updated
-                gc.freeze()
+                self._swap(models=updated)
             return changed
 
     def refresh_features(self) -> bool:
@@ -198,9 +233,8 @@ class ServingRuntime:
             return False
         if snapshot is None:
             return False
-        self.snapshot = snapshot
+        self._swap(snapshot=snapshot)
         self.errors.pop("features", None)
-        gc.freeze()
         return True
 
     def start_polling(self) -> None:
@@ -231,14 +265,15 @@ class ServingRuntime:
 
     def predict(self, items: Sequence[PredictionItem]) -> list[PredictionResult]:
         """Answer items against the models and snapshot current at the call (read once each)."""
-        models, snapshot = self.models, self.snapshot
+        state = self.state
         return predict_items(
             items,
-            models=models,
-            snapshot=snapshot,
+            models=state.models,
+            snapshot=state.snapshot,
             now=self.clock(),
             max_age=self.max_age,
             known_horizons=self.horizons,
+            precomputed=state.answers,
         )
 
     @property
@@ -248,7 +283,8 @@ class ServingRuntime:
 
     def status(self) -> ServiceStatus:
         """Loaded versions, feature snapshot and the latest errors."""
-        models, snapshot = self.models, self.snapshot
+        state = self.state
+        models, snapshot = state.models, state.snapshot
         return ServiceStatus(
             ready=bool(models) and snapshot is not None,
             models=[

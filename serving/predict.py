@@ -77,6 +77,47 @@ class ServedModel:
         return np.sort(out.reshape(len(features), len(self.model.alphas)), axis=1)
 
 
+@dataclass(frozen=True, eq=False)
+class PrecomputedAnswers:
+    """Every coin's calibrated probability and return quantiles per horizon, for one snapshot and model set.
+
+    The inputs change once a day (a new data point) or when a champion moves, so the booster pass
+    over all coins is done once per change instead of once per request. Each row of a booster
+    prediction is computed independently of the others, so the numbers are the ones a per-request
+    call on that row gives (a test checks they are equal).
+    """
+
+    snapshot: FeatureSnapshot
+    models: Mapping[int, ServedModel]
+    p_up: Mapping[int, FloatArray]
+    quantiles: Mapping[int, FloatArray]
+
+    def for_horizon(
+        self, days: int, snapshot: FeatureSnapshot, served: ServedModel
+    ) -> tuple[FloatArray, FloatArray] | None:
+        """The horizon's arrays if they come from exactly this snapshot and model, else None."""
+        if snapshot is not self.snapshot or self.models.get(days) is not served or days not in self.p_up:
+            return None
+        return self.p_up[days], self.quantiles[days]
+
+
+def precompute_answers(models: Mapping[int, ServedModel], snapshot: FeatureSnapshot) -> PrecomputedAnswers:
+    """One booster pass per horizon over every coin of the snapshot (skipping horizons lacking features)."""
+    p_up: dict[int, FloatArray] = {}
+    quantiles: dict[int, FloatArray] = {}
+    for days, served in models.items():
+        if not snapshot.coin_ids:
+            continue
+        try:
+            columns = snapshot.columns_for(served.feature_names)
+        except KeyError:
+            continue
+        features = np.ascontiguousarray(snapshot.matrix[:, columns])
+        p_up[days] = served.probability(features)
+        quantiles[days] = served.quantiles(features)
+    return PrecomputedAnswers(snapshot=snapshot, models=dict(models), p_up=p_up, quantiles=quantiles)
+
+
 def _error(item: PredictionItem, code: ErrorCode, message: str) -> PredictionResult:
     return PredictionResult(coin=item.coin, horizon=item.horizon, error=ItemError(code=code, message=message))
 
@@ -105,11 +146,14 @@ def predict_items(
     now: datetime,
     max_age: timedelta,
     known_horizons: Sequence[int] = (),
+    precomputed: PrecomputedAnswers | None = None,
 ) -> list[PredictionResult]:
     """Answer every item, in order: a prediction, or a per-item error (never a guess).
 
     ``known_horizons`` are horizons the platform declares: asking for one whose champion is not
-    loaded is ``model_unavailable``; any other horizon is ``unknown_horizon``.
+    loaded is ``model_unavailable``; any other horizon is ``unknown_horizon``. ``precomputed``
+    answers (see :func:`precompute_answers`) are used only when they were computed from this very
+    snapshot and model version; otherwise the boosters are called on the requested rows.
     """
     results: list[PredictionResult | None] = [None] * len(items)
     # horizon -> [(item position, matrix row)]
@@ -160,11 +204,19 @@ def predict_items(
         assert snapshot is not None
         assert columns is not None
         rows = np.fromiter((row for _, row in pairs), dtype=np.intp, count=len(pairs))
-        features = np.ascontiguousarray(snapshot.matrix[np.ix_(rows, columns)])
-        p_up = served.probability(features)
-        quantiles = served.quantiles(features)
         explain = [i for i, (position, _) in enumerate(pairs) if items[position].contributions]
-        contribs = served.model.contributions(features[explain]) if explain else None
+        cached = precomputed.for_horizon(days, snapshot, served) if precomputed is not None else None
+        features: FloatArray | None = None
+        if cached is not None:
+            p_up, quantiles = cached[0][rows], cached[1][rows]
+        else:
+            features = np.ascontiguousarray(snapshot.matrix[np.ix_(rows, columns)])
+            p_up = served.probability(features)
+            quantiles = served.quantiles(features)
+        contribs: FloatArray | None = None
+        if explain:
+            explained = np.ascontiguousarray(snapshot.matrix[np.ix_(rows[explain], columns)])
+            contribs = served.model.contributions(explained)
         contrib_of = {i: k for k, i in enumerate(explain)}
         alphas = served.model.alphas
         for i, (position, row) in enumerate(pairs):
@@ -174,8 +226,9 @@ def predict_items(
             targets = price * np.exp(quantiles[i])
             top: list[Contribution] | None = None
             if contribs is not None and i in contrib_of:
+                values = snapshot.matrix[row, columns]
                 top = _top_contributions(
-                    served.feature_names, contribs[contrib_of[i]], features[i], item.top_k or DEFAULT_TOP_K
+                    served.feature_names, contribs[contrib_of[i]], values, item.top_k or DEFAULT_TOP_K
                 )
             results[position] = PredictionResult(
                 coin=item.coin,

@@ -354,6 +354,24 @@ def test_in_process_predict_over_the_models_matches_a_direct_call(served: dict[s
     assert [r.model_dump() for r in direct] == [r.model_dump() for r in runtime.predict(items)]
 
 
+def test_precomputed_answers_equal_per_row_booster_calls(served: dict[str, Any]) -> None:
+    runtime = runtime_for(served["settings"])
+    state = runtime.state
+    assert state.answers is not None
+    assert state.snapshot is not None
+    for days, served_model in state.models.items():
+        columns = state.snapshot.columns_for(served_model.feature_names)
+        for row in range(len(state.snapshot.coin_ids)):
+            one_row = np.ascontiguousarray(state.snapshot.matrix[[row]][:, columns])
+            assert state.answers.p_up[days][row] == served_model.probability(one_row)[0]
+            np.testing.assert_array_equal(state.answers.quantiles[days][row], served_model.quantiles(one_row)[0])
+    # Answers made from another snapshot are never used for this one.
+    other = read_feature_snapshot(served["settings"])
+    assert other is not None
+    assert state.answers.for_horizon(1, other, state.models[1]) is None
+    assert state.answers.for_horizon(1, state.snapshot, state.models[1]) is not None
+
+
 def test_load_champion_reports_the_alias_version(served: dict[str, Any]) -> None:
     loaded = load_champion(served["settings"], 7)
     assert loaded.version == served["versions"][7]
