@@ -341,3 +341,14 @@ def test_default_config_on_the_bundled_history(horizon: int) -> None:
     assert summary.overall["model"]["auc"].value < 0.62
     assert summary.overall["model"]["brier"].value > 0.22
     assert labelled_frame(data.inputs, config).height == data.frame.height
+
+
+def test_calibration_rows_are_the_training_tail_each_predicted_once(
+    small: tuple[ExperimentConfig, PreparedData],
+) -> None:
+    config, data = small
+    fit = fit_direction_model(data.dataset, config)
+    days = data.dataset.day
+    tail_start = int(days[int(len(days) * (1 - config.walk_forward.calibration_fraction))])
+    assert fit.n_calibration_rows == int((days >= tail_start).sum())
+    assert fit.n_calibration_rows < len(days)

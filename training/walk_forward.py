@@ -206,13 +206,14 @@ def fit_direction_model(train: Dataset, config: ExperimentConfig) -> FitResult:
     # 2. Out-of-fold predictions for the calibrator, each chunk predicted from its past only.
     calibration_start = int(np.searchsorted(days, _start_of_tail(days, wf.calibration_fraction)))
     edges = np.linspace(calibration_start, len(days), wf.calibration_folds + 1).astype(int)
+    # Chunks are whole days: [first day, next chunk's first day), so no row lands in two chunks.
+    bounds = [int(days[edge]) for edge in edges[:-1]] + [int(days[-1]) + 1]
     oof_raw: list[FloatArray] = []
     oof_y: list[FloatArray] = []
-    for lo, hi in itertools.pairwise(edges):
-        if hi <= lo:
+    for chunk_first, chunk_stop in itertools.pairwise(bounds):
+        if chunk_stop <= chunk_first:
             continue
-        chunk_first, chunk_last = int(days[lo]), int(days[hi - 1])
-        chunk = train.subset((days >= chunk_first) & (days <= chunk_last))
+        chunk = train.subset((days >= chunk_first) & (days < chunk_stop))
         past = train.subset(days < chunk_first - gap)
         if len(past) < wf.min_train_rows // 2 or len(np.unique(past.y)) < 2:
             continue
