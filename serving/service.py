@@ -8,10 +8,12 @@
   versions and the feature snapshot; BentoML's ``/readyz`` is 503 until a champion and features are
   loaded; ``/metrics`` is BentoML's Prometheus endpoint.
 
-Performance choices (measured, see shared PERF-NOTES): an ``async`` API that does its few hundred
-microseconds of numpy/XGBoost work inline, one worker set in the decorator (``bentoml serve`` has no
-workers flag), no access log, a short traffic timeout (BentoML keeps every request's timer alive
-for the whole timeout), and ``gc.freeze()`` after loading so full collections skip the model.
+Performance choices (measured by benchmarks/bench_serving.py; see shared PERF-NOTES): an ``async``
+API doing its few microseconds of work inline (answers are precomputed per feature snapshot and
+champion, see serving.model_loader; TreeSHAP runs per request only for items that ask), one
+worker set in the decorator (``bentoml serve`` has no workers flag), no access log, a short
+traffic timeout (BentoML keeps every request's timer alive for the whole timeout), ``gc.freeze()``
+after loading and larger young-generation thresholds, so collections skip the model and stay short.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ status_app = FastAPI(title="khalsi-direction status", openapi_url=None, docs_url
 @bentoml.service(
     name="khalsi_direction",
     workers=1,
-    traffic={"timeout": 5},
+    # BentoML keeps each request's timer alive for the whole timeout (PERF-NOTES); 2 s is also the
+    # product API's client timeout (Settings.ml.timeout_seconds), and a prediction takes ~1 ms.
+    traffic={"timeout": 2},
     logging={"access": {"enabled": False}},
     metrics={"enabled": True},
 )
@@ -51,6 +55,9 @@ class DirectionService:
         # Everything loaded so far lives as long as the process: keep it out of every collection.
         gc.collect()
         gc.freeze()
+        # Young objects here are per-request garbage: collect them in larger, rarer batches (with
+        # the short traffic timeout this took p99 at 64 clients from ~140 ms to under 100 ms).
+        gc.set_threshold(50_000, 20, 100)
 
     @bentoml.api(route="/predict")  # type: ignore[untyped-decorator]
     async def predict(

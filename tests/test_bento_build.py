@@ -47,7 +47,7 @@ def test_bentofile_builds_the_direction_service(tmp_path: Path) -> None:
     # The serving choices travel with the bento: one worker, short traffic timeout, no access log.
     config = manifest["services"][0]["config"]
     assert config["workers"] == 1
-    assert config["traffic"]["timeout"] == 5
+    assert config["traffic"]["timeout"] == 2
     assert config["logging"]["access"]["enabled"] is False
     assert config["metrics"]["enabled"] is True
     routes = {route["route"]: route for route in manifest["schema"]["routes"]}
