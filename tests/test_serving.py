@@ -344,6 +344,28 @@ def test_new_features_are_picked_up_and_a_bad_store_keeps_the_old_snapshot(tmp_p
     runtime.stop()
 
 
+def test_runtime_follows_the_redis_store(served: dict[str, Any], redis_url: str) -> None:
+    base: Settings = served["settings"]
+    settings = base.model_copy(update={"redis": base.redis.model_copy(update={"url": redis_url})})
+    publish_latest_features(settings, as_of=datetime(2024, 6, 1, tzinfo=UTC))
+    runtime = runtime_for(settings, feature_poll_seconds=0.1)
+    assert runtime.status().feature_backend == "redis"
+    assert runtime.snapshot is not None
+    first_version = runtime.snapshot.version
+    runtime.start_polling()
+    try:
+        publish_latest_features(settings)
+        deadline = time.monotonic() + 30
+        while runtime.snapshot.version == first_version and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runtime.snapshot.version == first_version + 1
+        (result,) = runtime.predict([PredictionItem(coin="bitcoin", horizon="1d")])
+        assert result.feature_timestamp == datetime(2024, 12, 31, tzinfo=UTC)
+        assert result.error is None
+    finally:
+        runtime.stop()
+
+
 def test_in_process_predict_over_the_models_matches_a_direct_call(served: dict[str, Any]) -> None:
     # predict_items is what batch scoring calls: same answers as the runtime for the same inputs.
     runtime = runtime_for(served["settings"])
