@@ -24,11 +24,11 @@ from khalsi.db.migrate import upgrade
 from khalsi.db.models import Prediction
 from khalsi.ingest.sources import source_clock
 from khalsi.ingest.store import insert_new_rows
-from khalsi.settings import Settings, get_settings
+from khalsi.settings import ServingSettings, Settings, get_settings
 from serving.feature_store import FeatureSnapshot, PublishResult, publish_latest_features, read_feature_snapshot
 from serving.model_loader import load_champions, served_horizons
 from serving.predict import ServedModel, all_items, predict_items, prediction_rows
-from serving.schemas import ServingSettings, serving_settings
+from serving.schemas import serving_settings
 
 FLOW_NAME = "score"
 PREDICTION_KEY = ("coin_id", "timeframe", "feature_timestamp", "model_version")

@@ -23,6 +23,16 @@ app.add_typer(db_app, name="db")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(replay_app, name="replay")
 
+
+def _mount_training() -> None:
+    # train / evaluate / experiments compare live with the training code; typer merges them here.
+    from training.cli import training_app
+
+    app.add_typer(training_app)
+
+
+_mount_training()
+
 console = Console()
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,16 +181,111 @@ def print_summary(settings: Settings) -> None:
 
 
 @app.command("run")
-def run_command() -> None:
+def run_command(
+    train: Annotated[bool, typer.Option(help="train and maybe promote a model per horizon")] = True,
+    serve: Annotated[bool, typer.Option(help="then serve predictions and the API until Ctrl-C")] = True,
+) -> None:
     """Run the whole platform on the configured sources (bundled real data by default)."""
     from flows.pipeline import platform_pipeline
 
     settings = _settings()
     started = time.perf_counter()
-    console.rule("Khalsi: ingest and validate")
-    asyncio.run(platform_pipeline())
+    console.rule("Khalsi: ingest, validate, train, score")
+    result = asyncio.run(platform_pipeline(train_models=train))
     print_summary(settings)
-    console.print(f"done in {time.perf_counter() - started:.0f} s")
+    if train:
+        print_training_summary(settings, result["training_runs"])
+    scored = result["score"]
+    console.print(
+        f"scored {scored['predicted']} (coin, horizon) pairs with {scored['models'] or 'no champion'}, "
+        f"{scored['written']} new predictions stored; skipped: {scored['skipped'] or 'none'}"
+    )
+    console.print(f"pipeline done in {time.perf_counter() - started:.0f} s")
+    if serve:
+        serve_command()
+
+
+@app.command("score")
+def score_command() -> None:
+    """Publish the latest feature vectors and store every coin's and horizon's prediction."""
+    from flows.score import score
+
+    _settings()
+    console.print_json(data=score(), default=str)
+
+
+@app.command("serve")
+def serve_command() -> None:
+    """Serve predictions (BentoML) and the product API (uvicorn) until Ctrl-C."""
+    settings = _settings()
+    bento = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:DirectionService",
+        "--host",
+        settings.serving.host,
+        "--port",
+        str(settings.serving.port),
+    ]
+    api = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:create_app",
+        "--factory",
+        "--host",
+        settings.serving.host,
+        "--port",
+        str(settings.port),
+        "--no-access-log",
+    ]
+    processes = [subprocess.Popen(command, cwd=REPO_ROOT) for command in (bento, api)]  # noqa: S603
+    console.print(
+        f"predictions: http://{settings.serving.host}:{settings.serving.port}/predict  "
+        f"(ready: /readyz, metrics: /metrics)\n"
+        f"API:         http://{settings.serving.host}:{settings.port}/health  (docs: /docs)\n"
+        f"MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}\n"
+        f"Prefect UI:  PREFECT_HOME={settings.home.resolve() / 'prefect'} .venv/bin/prefect server start\n"
+        "Ctrl-C stops both services."
+    )
+    try:
+        while all(process.poll() is None for process in processes):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+    failed = [p.args for p in processes if p.returncode not in (0, -15, None)]
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def print_training_summary(settings: Settings, runs: dict[str, str]) -> None:
+    """Each horizon's run beside its baselines, and which version is champion."""
+    import polars as pl
+
+    from training.compare import runs_frame, runs_table
+    from training.config import registered_model_name
+    from training.registry import champion_version, configure_mlflow
+
+    client = configure_mlflow(settings)
+    frame = runs_frame(settings)
+    if "run_id" in frame.columns:
+        frame = frame.filter(pl.col("run_id").is_in(list(runs.values())))
+    console.print(runs_table(frame))
+    for horizon, run_id in runs.items():
+        champion = champion_version(client, registered_model_name(int(horizon.rstrip("d"))))
+        state = (
+            f"champion is version {champion.version}"
+            if champion
+            else "no champion: no model has beaten the base rate by the declared margin"
+        )
+        console.print(f"{horizon}: trained in run {run_id}; {state}")
 
 
 @app.command("settings")

@@ -110,6 +110,21 @@ class WebSocketSettings(BaseModel):
     heartbeat_timeout: int = Field(default=5_000, ge=100)
 
 
+class ServingSettings(BaseModel):
+    """The prediction service and batch scoring (``KHALSI_SERVING_*``)."""
+
+    # A feature vector older than this (against the platform clock) is refused, not served.
+    max_feature_age_hours: float = Field(default=48.0, gt=0)
+    # How often the service checks the registry's champion alias and the online store's version.
+    model_poll_seconds: float = Field(default=30.0, gt=0)
+    feature_poll_seconds: float = Field(default=2.0, gt=0)
+    # Horizons (days) served; None: every horizon training declares.
+    horizons: list[int] | None = None
+    default_top_k: int = Field(default=5, ge=1, le=50)
+    host: str = "127.0.0.1"
+    port: int = 3000
+
+
 class MLflowSettings(BaseModel):
     # Empty means a local store under KHALSI_HOME.
     tracking_uri: str = ""
@@ -164,6 +179,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = WebhookSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     ws: WebSocketSettings = WebSocketSettings()
+    serving: ServingSettings = ServingSettings()
     mlflow: MLflowSettings = MLflowSettings()
     prefect: PrefectSettings = PrefectSettings()
 

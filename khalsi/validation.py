@@ -69,7 +69,9 @@ class ValidationReport:
     @property
     def warnings(self) -> list[str]:
         found = [
-            f"{o.expectation}({o.column}): {o.unexpected_count} rows, e.g. {o.sample[:3]}"
+            f"{o.expectation}({o.column}): {o.unexpected_count} of {self.row_count} rows"
+            # A sample of NULLs says nothing; a sample of values (gap sizes, jumps) does.
+            + (f", e.g. {o.sample[:3]}" if any(v is not None for v in o.sample) else "")
             for o in self.outcomes
             if not o.success and o.severity != "critical"
         ]

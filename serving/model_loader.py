@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from khalsi.settings import Settings
+from khalsi.settings import ServingSettings, Settings
 from serving.feature_store import FeatureSnapshot, OnlineFeatureStore, open_feature_store
 from serving.predict import PrecomputedAnswers, ServedModel, precompute_answers, predict_items
 from serving.schemas import (
@@ -37,7 +37,6 @@ from serving.schemas import (
     PredictionResult,
     ServedModelStatus,
     ServiceStatus,
-    ServingSettings,
     horizon_label,
     serving_settings,
 )

@@ -16,31 +16,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from khalsi.settings import Settings
+from khalsi.settings import ServingSettings, Settings
 
 MAX_ITEMS_PER_REQUEST = 256
 _HORIZON = re.compile(r"^\s*(\d{1,3})\s*d?\s*$", re.IGNORECASE)
 
 
-class ServingSettings(BaseModel):
-    """Knobs of the prediction service and batch scoring (``KHALSI_SERVING_*`` once in Settings)."""
-
-    # A feature vector older than this (against the platform clock) is refused, not served.
-    max_feature_age_hours: float = Field(default=48.0, gt=0)
-    # How often the service checks the registry's champion alias and the online store's version.
-    model_poll_seconds: float = Field(default=30.0, gt=0)
-    feature_poll_seconds: float = Field(default=2.0, gt=0)
-    # Horizons (days) served; None: every horizon training declares.
-    horizons: list[int] | None = None
-    default_top_k: int = Field(default=5, ge=1, le=50)
-
-
 def serving_settings(settings: Settings) -> ServingSettings:
-    """The serving section of the settings (defaults until Settings carries a ``serving`` section)."""
-    section = getattr(settings, "serving", None)
-    if section is None:
-        return ServingSettings()
-    return ServingSettings.model_validate(section, from_attributes=True)
+    """The serving section of the settings."""
+    return settings.serving
 
 
 def horizon_label(days: int) -> str:

@@ -28,11 +28,11 @@ import xgboost as xgb
 from features import FEATURE_COLUMNS, load_feature_frame
 from features.bundled import bundled_fear_greed_frame, bundled_market_frame, bundled_social_daily_frame
 from khalsi import lake
-from khalsi.settings import Settings, get_settings
+from khalsi.settings import ServingSettings, Settings, get_settings
 from serving.feature_store import FeatureSnapshot, FileFeatureStore, publish_latest_features, read_feature_snapshot
 from serving.model_loader import ServingRuntime, champion_versions, load_champion, model_name
 from serving.predict import predict_items
-from serving.schemas import ErrorCode, PredictionItem, ServingSettings
+from serving.schemas import ErrorCode, PredictionItem
 from training.config import CalibrationMethod
 from training.labels import FWD_RETURN, LABEL, add_labels
 from training.model import Calibrator, DirectionModel, DirectionPyfunc
