@@ -166,11 +166,6 @@ def predict_items(
                 item, ErrorCode.UNKNOWN_HORIZON, f"unknown horizon {item.horizon!r}; served horizons: {offered}"
             )
             continue
-        if days not in models:
-            results[position] = _error(
-                item, ErrorCode.MODEL_UNAVAILABLE, f"no champion model is loaded for horizon {horizon_label(days)}"
-            )
-            continue
         if snapshot is None:
             results[position] = _error(
                 item, ErrorCode.FEATURES_UNAVAILABLE, "no feature vectors have been published to the online store yet"
@@ -180,6 +175,12 @@ def predict_items(
         if row is None:
             results[position] = _error(
                 item, ErrorCode.UNKNOWN_COIN, f"unknown coin {item.coin!r}: no feature vector in the online store"
+            )
+            continue
+        # Checked after the coin, so a caller asking about a coin we do not know hears that first.
+        if days not in models:
+            results[position] = _error(
+                item, ErrorCode.MODEL_UNAVAILABLE, f"no champion model is loaded for horizon {horizon_label(days)}"
             )
             continue
         age = now - snapshot.timestamps[row]

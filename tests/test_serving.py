@@ -213,6 +213,8 @@ def test_per_item_errors_leave_the_other_items_answered(served: dict[str, Any]) 
         # Bitcoin Cash's bundled history ends on 2023-11-30: its newest vector is far too old.
         PredictionItem(coin="bitcoin-cash", horizon="7d"),
         PredictionItem(coin="BTC", horizon=7),
+        # An unknown coin is said to be unknown even where no champion serves the horizon.
+        PredictionItem(coin="no-such-coin", horizon="30d"),
     ]
     results = runtime.predict(items)
     assert [r.coin for r in results] == [i.coin for i in items]
@@ -225,6 +227,7 @@ def test_per_item_errors_leave_the_other_items_answered(served: dict[str, Any]) 
         ErrorCode.MODEL_UNAVAILABLE,
         ErrorCode.STALE_FEATURES,
         None,
+        ErrorCode.UNKNOWN_COIN,
     ]
     assert results[0].probability_up is not None
     assert results[1].probability_up is None
@@ -285,7 +288,8 @@ def test_nothing_published_or_no_champion_is_a_clear_error(tmp_path: Path) -> No
     assert not runtime.ready
     (result,) = runtime.predict([PredictionItem(coin="bitcoin", horizon="1d")])
     assert result.error is not None
-    assert result.error.code is ErrorCode.MODEL_UNAVAILABLE
+    # Nothing is published either; that is reported before the missing champion.
+    assert result.error.code is ErrorCode.FEATURES_UNAVAILABLE
     status = runtime.status()
     assert status.missing_horizons == ["1d", "7d"]
     assert "model:1d" in status.last_errors
@@ -491,7 +495,7 @@ async def test_service_without_a_champion_is_not_ready(tmp_path: Path, monkeypat
         assert b'"missing_horizons":["1d","7d"]' in ready.body
         response = await service.predict(items=[PredictionItem(coin="bitcoin")])
         assert response.results[0].error is not None
-        assert response.results[0].error.code is ErrorCode.MODEL_UNAVAILABLE
+        assert response.results[0].error.code is ErrorCode.FEATURES_UNAVAILABLE
     finally:
         service.shutdown()
         get_settings.cache_clear()
