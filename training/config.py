@@ -35,6 +35,12 @@ class WindowKind(StrEnum):
 class CalibrationMethod(StrEnum):
     ISOTONIC = "isotonic"
     SIGMOID = "sigmoid"
+    # The classifier's raw probability as it is (no map fitted), for when calibrating hurts.
+    NONE = "none"
+    # Shrink toward the training window's base rate in log-odds, p = sigmoid(w * logit(raw) +
+    # (1 - w) * logit(base_rate)), with one weight 0 <= w <= 1 fitted out of fold. Unlike Platt it
+    # has no free intercept, so it cannot learn the (shifting) up-rate of the most recent rows.
+    SHRINK = "shrink"
 
 
 class DataConfig(_Strict):

@@ -12,6 +12,9 @@ Inside a training window, time order is kept everywhere:
   trained only on rows before the chunk minus the gap; the calibrator learns from those
   predictions, and the fold's classifier is then refitted on the whole training window (the
   scheme of scikit-learn's ``CalibratedClassifierCV(ensemble=False)``, made time-ordered);
+  ``calibration: shrink`` fits one weight the same way (log-odds shrinkage toward the training
+  base rate, each chunk shrunk toward the base rate its own model knew), ``calibration: none``
+  fits nothing and serves the raw probability;
 - the quantile model (one multi-quantile XGBoost, ``reg:quantileerror``) and the baselines are
   fitted on the whole training window.
 
@@ -33,9 +36,9 @@ import polars as pl
 import xgboost as xgb
 
 from training.baselines import FittedBaselines, fit_baselines
-from training.config import ExperimentConfig, WindowKind
+from training.config import CalibrationMethod, ExperimentConfig, WindowKind
 from training.labels import FWD_RETURN, LABEL, TRAILING_RETURN
-from training.model import DirectionModel, fit_calibrator
+from training.model import Calibrator, DirectionModel, fit_calibrator
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +182,71 @@ def _check_rows(what: str, data: Dataset, minimum: int) -> None:
         )
 
 
+# Candidate shrink weights: a fine grid is exact enough for one parameter and never fails to converge.
+SHRINK_GRID = np.linspace(0.0, 1.0, 101)
+
+
+def _logit(p: FloatArray) -> FloatArray:
+    q = np.clip(p, 1e-9, 1 - 1e-9)
+    result: FloatArray = np.log(q / (1 - q))
+    return result
+
+
+def fit_shrink_weight(raw: FloatArray, y: FloatArray, prior: FloatArray) -> float:
+    """The weight w in [0, 1] minimising the log loss of sigmoid(w * logit(raw) + (1 - w) * logit(prior))."""
+    if len(raw) < 20 or len(np.unique(y)) < 2:
+        raise ValueError(f"too few out-of-fold predictions to fit a shrink weight ({len(raw)} rows)")
+    raw_logit, prior_logit = _logit(raw), _logit(prior)
+    losses = []
+    for weight in SHRINK_GRID:
+        p = np.clip(1.0 / (1.0 + np.exp(-(weight * raw_logit + (1 - weight) * prior_logit))), 1e-6, 1 - 1e-6)
+        losses.append(-float(np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    return float(SHRINK_GRID[int(np.argmin(losses))])
+
+
+def shrink_calibrator(weight: float, base_rate: float) -> Calibrator:
+    """The shrink map as a log-odds-linear calibrator (a = w, b = (1 - w) * logit(base_rate))."""
+    # Calibrator.apply maps every non-isotonic method through sigmoid(a * logit(raw) + b), so the
+    # served model (DirectionModel.probability) applies exactly this map.
+    intercept = (1 - weight) * float(_logit(np.asarray([base_rate]))[0])
+    return Calibrator(method=CalibrationMethod.SHRINK, a=weight, b=intercept)
+
+
+def identity_calibrator() -> Calibrator:
+    """The map of ``calibration: none``: the raw probability (clipped like every calibrated one)."""
+    return Calibrator(method=CalibrationMethod.NONE, a=1.0, b=0.0)
+
+
+def _fit_out_of_fold_calibrator(train: Dataset, config: ExperimentConfig, n_trees: int) -> tuple[Calibrator, int]:
+    """The calibrator learned from out-of-fold predictions of the training tail, and their row count."""
+    wf, gap, days = config.walk_forward, config.gap_days, train.day
+    calibration_start = int(np.searchsorted(days, _start_of_tail(days, wf.calibration_fraction)))
+    edges = np.linspace(calibration_start, len(days), wf.calibration_folds + 1).astype(int)
+    # Chunks are whole days: [first day, next chunk's first day), so no row lands in two chunks.
+    bounds = [int(days[edge]) for edge in edges[:-1]] + [int(days[-1]) + 1]
+    oof_raw: list[FloatArray] = []
+    oof_y: list[FloatArray] = []
+    # The base rate each chunk's model knew (its own training rows): what shrinkage pulls toward.
+    oof_prior: list[FloatArray] = []
+    for chunk_first, chunk_stop in itertools.pairwise(bounds):
+        if chunk_stop <= chunk_first:
+            continue
+        chunk = train.subset((days >= chunk_first) & (days < chunk_stop))
+        past = train.subset(days < chunk_first - gap)
+        if len(past) < wf.min_train_rows // 2 or len(np.unique(past.y)) < 2:
+            continue
+        oof_raw.append(_predict(_fit_classifier(config, past, n_trees), chunk))
+        oof_y.append(chunk.y)
+        oof_prior.append(np.full(len(chunk), float(np.mean(past.y))))
+    if not oof_raw:
+        raise NotEnoughDataError("no calibration chunk has enough earlier rows to train on")
+    raw, y = np.concatenate(oof_raw), np.concatenate(oof_y)
+    if wf.calibration is CalibrationMethod.SHRINK:
+        weight = fit_shrink_weight(raw, y, np.concatenate(oof_prior))
+        return shrink_calibrator(weight, float(np.mean(train.y))), len(y)
+    return fit_calibrator(wf.calibration, raw, y), len(y)
+
+
 def fit_direction_model(train: Dataset, config: ExperimentConfig) -> FitResult:
     """Fit classifier (early-stopped), out-of-fold calibrator, quantile model and baselines."""
     wf, gap = config.walk_forward, config.gap_days
@@ -204,24 +272,10 @@ def fit_direction_model(train: Dataset, config: ExperimentConfig) -> FitResult:
     tail_logloss = float(evals_result["tail"]["logloss"][n_trees - 1])
 
     # 2. Out-of-fold predictions for the calibrator, each chunk predicted from its past only.
-    calibration_start = int(np.searchsorted(days, _start_of_tail(days, wf.calibration_fraction)))
-    edges = np.linspace(calibration_start, len(days), wf.calibration_folds + 1).astype(int)
-    # Chunks are whole days: [first day, next chunk's first day), so no row lands in two chunks.
-    bounds = [int(days[edge]) for edge in edges[:-1]] + [int(days[-1]) + 1]
-    oof_raw: list[FloatArray] = []
-    oof_y: list[FloatArray] = []
-    for chunk_first, chunk_stop in itertools.pairwise(bounds):
-        if chunk_stop <= chunk_first:
-            continue
-        chunk = train.subset((days >= chunk_first) & (days < chunk_stop))
-        past = train.subset(days < chunk_first - gap)
-        if len(past) < wf.min_train_rows // 2 or len(np.unique(past.y)) < 2:
-            continue
-        oof_raw.append(_predict(_fit_classifier(config, past, n_trees), chunk))
-        oof_y.append(chunk.y)
-    if not oof_raw:
-        raise NotEnoughDataError("no calibration chunk has enough earlier rows to train on")
-    calibrator = fit_calibrator(wf.calibration, np.concatenate(oof_raw), np.concatenate(oof_y))
+    if wf.calibration is CalibrationMethod.NONE:
+        calibrator, n_calibration_rows = identity_calibrator(), 0
+    else:
+        calibrator, n_calibration_rows = _fit_out_of_fold_calibrator(train, config, n_trees)
 
     # 3. The fold's models on the whole training window.
     classifier = _fit_classifier(config, train, n_trees)
@@ -244,7 +298,7 @@ def fit_direction_model(train: Dataset, config: ExperimentConfig) -> FitResult:
         n_trees=n_trees,
         early_stopping_logloss=tail_logloss,
         n_rows=len(train),
-        n_calibration_rows=int(sum(len(chunk) for chunk in oof_y)),
+        n_calibration_rows=n_calibration_rows,
         first_day=day_date(int(days[0])),
         last_day=day_date(int(days[-1])),
     )
