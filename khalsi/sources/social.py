@@ -188,6 +188,23 @@ class _BundledSource:
         raise NotImplementedError
 
 
+class _BundledFolderSource(_BundledSource):
+    """A bundled source read from every CSV of one folder (``default_directory`` unless given)."""
+
+    default_directory: Path
+
+    def __init__(
+        self,
+        directory: Path | None = None,
+        *,
+        clock_now: Clock | None = None,
+        scorer: SentimentScorer | None = None,
+        coins: Iterable[CoinInfo] | None = None,
+    ) -> None:
+        super().__init__(clock_now=clock_now, scorer=scorer, coins=coins)
+        self.directory = directory or self.default_directory
+
+
 class BundledFinbertSource(_BundledSource):
     """``news_sentiment_scores.csv``: posts and headlines scored with FinBERT by the data's author.
 
@@ -231,7 +248,7 @@ class BundledFinbertSource(_BundledSource):
         return frame.drop("_known_at").sort("published_at", "external_id")
 
 
-class BundledHeadlinesSource(_BundledSource):
+class BundledHeadlinesSource(_BundledFolderSource):
     """``news_headlines_2024/*.csv``: headlines with descriptions, scored with VADER.
 
     The folder holds overlapping pulls; a story's id is the hash of its timestamp and headline,
@@ -242,16 +259,7 @@ class BundledHeadlinesSource(_BundledSource):
     name = "bundled-news-2024"
     COLUMNS = ("date", "headline", "description")
 
-    def __init__(
-        self,
-        directory: Path = BUNDLED_SOCIAL_DIR / "news_headlines_2024",
-        *,
-        clock_now: Clock | None = None,
-        scorer: SentimentScorer | None = None,
-        coins: Iterable[CoinInfo] | None = None,
-    ) -> None:
-        super().__init__(clock_now=clock_now, scorer=scorer, coins=coins)
-        self.directory = directory
+    default_directory = BUNDLED_SOCIAL_DIR / "news_headlines_2024"
 
     def load(self, *, since: datetime | None = None) -> pl.DataFrame:
         """Read, dedupe, window and score the pulls (blocking; :meth:`fetch` runs it in a thread)."""
@@ -277,7 +285,7 @@ class BundledHeadlinesSource(_BundledSource):
         return _scored(frame, source=self.name, scorer=self.scorer, coins=self._coins)
 
 
-class BundledRedditSource(_BundledSource):
+class BundledRedditSource(_BundledFolderSource):
     """``reddit_2025/*.csv``: posts and comments from four crypto subreddits, VADER-scored.
 
     ``unified_id`` (``p_``/``c_`` + Reddit id) is the external id. The data has one id twice (a
@@ -288,16 +296,7 @@ class BundledRedditSource(_BundledSource):
     name = "bundled-reddit-2025"
     COLUMNS = ("unified_id", "text_content", "created_date")
 
-    def __init__(
-        self,
-        directory: Path = BUNDLED_SOCIAL_DIR / "reddit_2025",
-        *,
-        clock_now: Clock | None = None,
-        scorer: SentimentScorer | None = None,
-        coins: Iterable[CoinInfo] | None = None,
-    ) -> None:
-        super().__init__(clock_now=clock_now, scorer=scorer, coins=coins)
-        self.directory = directory
+    default_directory = BUNDLED_SOCIAL_DIR / "reddit_2025"
 
     def load(self, *, since: datetime | None = None) -> pl.DataFrame:
         """Read, dedupe, window and score the files (blocking; :meth:`fetch` runs it in a thread)."""
