@@ -226,9 +226,15 @@ def social_lake_checks(settings: Settings, clock: datetime) -> None:
     assert (daily["available_at"] == daily["day"].cast(pl.Datetime("us", "UTC")) + timedelta(days=1)).all()
 
 
-async def test_social_flow_stores_point_in_time_data_once(flow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_social_flow_stores_point_in_time_data_once(
+    backend: str, flow_home: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     clock = utc(2024, 4, 1)
-    isolated_khalsi_env(monkeypatch, HOME=str(flow_home), ENVIRONMENT="test", REPLAY_START=clock.date().isoformat())
+    database = {} if backend == "sqlite" else {"DATABASE_URL": request.getfixturevalue("pg_database_url")}
+    isolated_khalsi_env(
+        monkeypatch, HOME=str(flow_home), ENVIRONMENT="test", REPLAY_START=clock.date().isoformat(), **database
+    )
     settings = get_settings()
     first = by_name(await ingest_social())
     # Reddit's bundled posts are from 2025: nothing of it is visible yet, the rest loads.

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from khalsi.db.engine import session_scope
-from khalsi.db.models import FearGreed, SocialPost, TrendingToken
+from khalsi.db.models import FearGreed, SocialDaily, SocialPost, TrendingToken
 from khalsi.ingest import store
 from khalsi.ingest.pipeline import GatedBatch
 from khalsi.ingest.sources import source_clock
@@ -144,9 +144,7 @@ def fear_greed_batch(engine: Engine, settings: Settings, source_name: str, frame
 
 def social_daily_batch(engine: Engine, settings: Settings) -> GatedBatch:
     """Daily aggregates recomputed from every stored post and index value (cheap, and never drifts)."""
-    posts = store.read_social_posts(engine).with_columns(
-        external_id=pl.int_range(pl.len()).cast(pl.String())  # stored rows are already unique
-    )
+    posts = store.read_social_posts(engine)
     with engine.connect() as connection:
         index_rows = connection.execute(sa.select(FearGreed.day, FearGreed.value)).all()
     fear_greed = pl.DataFrame(
@@ -248,8 +246,6 @@ def store_trending(engine: Engine, frame: pl.DataFrame, _run_id: uuid.UUID) -> i
 
 
 def _latest_mentions(engine: Engine) -> dict[str, int]:
-    from khalsi.db.models import SocialDaily
-
     with engine.connect() as connection:
         latest = connection.execute(sa.select(sa.func.max(SocialDaily.day))).scalar()
         if latest is None:

@@ -182,8 +182,10 @@ def store_market_rows(engine: Engine, batch: pl.DataFrame, *, run_id: uuid.UUID,
 
 
 def _as_utc(value: Any) -> Any:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value
+    # SQLite hands back naive datetimes and psycopg `Etc/UTC` ones; every stored time is UTC.
+    if not isinstance(value, datetime):
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _read_frame(engine: Engine, statement: sa.Executable, schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -303,17 +305,19 @@ def refresh_social_daily_lake(engine: Engine, lake_dir: Path) -> Path:
 
 def read_social_posts(engine: Engine) -> pl.DataFrame:
     """All stored posts (for recomputing daily aggregates)."""
-    statement = sa.select(SocialPost.source, SocialPost.published_at, SocialPost.sentiment, SocialPost.coins)
+    statement = sa.select(
+        SocialPost.source, SocialPost.external_id, SocialPost.published_at, SocialPost.sentiment, SocialPost.coins
+    )
     with engine.connect() as connection:
         rows = connection.execute(statement).all()
-    frame = pl.DataFrame(
-        [(r[0], r[1] if r[1].tzinfo else r[1].replace(tzinfo=UTC), r[2], list(r[3] or [])) for r in rows],
+    return pl.DataFrame(
+        [(r[0], r[1], _as_utc(r[2]), r[3], list(r[4] or [])) for r in rows],
         schema={
             "source": pl.String(),
+            "external_id": pl.String(),
             "published_at": pl.Datetime("us", "UTC"),
             "sentiment": pl.Float64(),
             "coins": pl.List(pl.String()),
         },
         orient="row",
     )
-    return frame
