@@ -19,7 +19,8 @@ Public API:
 Feature groups (see the modules for definitions and the reasons behind them):
 ``features.market`` (returns, volatility, RSI, MACD, ranges, volume/cap), ``features.market_factor``
 (BTC and cap-weighted market returns, betas, correlations), ``features.social`` (Fear & Greed,
-per-coin and market-wide sentiment and mentions). Windows are calendar days on a per-coin daily
+per-coin and market-wide sentiment and mentions), ``features.cross_section`` (each coin's rank and
+z-score among the coins observed on the same day). Windows are calendar days on a per-coin daily
 grid, computed by ``features.windows`` so that results never depend on how much history precedes
 them.
 """

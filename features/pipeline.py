@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
+from features.cross_section import CROSS_SECTION_COLUMNS, with_cross_section
 from features.market import MARKET_COLUMNS, MARKET_LOOKBACK_DAYS, coin_calendar, market_features
 from features.market_factor import FACTOR_COLUMNS, FACTOR_LOOKBACK_DAYS, with_market_factor
 from features.social import (
@@ -25,7 +26,14 @@ from khalsi.lake import (
     scan_social_daily,
 )
 
-FEATURE_COLUMNS: list[str] = [*MARKET_COLUMNS, *FACTOR_COLUMNS, *FEAR_GREED_COLUMNS, *SOCIAL_COLUMNS]
+# New groups are appended, so every existing column keeps its position.
+FEATURE_COLUMNS: list[str] = [
+    *MARKET_COLUMNS,
+    *FACTOR_COLUMNS,
+    *FEAR_GREED_COLUMNS,
+    *SOCIAL_COLUMNS,
+    *CROSS_SECTION_COLUMNS,
+]
 KEY_COLUMNS: list[str] = ["coin_id", "symbol", "timestamp", "price"]
 
 # History the online path recomputes before the requested day: more than the longest chain of
@@ -81,6 +89,8 @@ def build_feature_frame(market: pl.LazyFrame, fear_greed: pl.LazyFrame, social_d
         .pipe(market_features)
         .pipe(with_market_factor)
         .filter(pl.col("observed"))
+        # After the filter: a day's cross-section is the coins actually observed that day.
+        .pipe(with_cross_section)
         .pipe(with_fear_greed, _conform(fear_greed, FEAR_GREED_SCHEMA))
         .pipe(with_social, _conform(social_daily, SOCIAL_DAILY_SCHEMA))
         .select(*KEY_COLUMNS, *(pl.col(name).cast(pl.Float64) for name in FEATURE_COLUMNS))
