@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-from tests.training_fixtures import bundled_inputs, small_config
+from tests.training_fixtures import bundled_inputs, small_config, with_planted_leak
 from training.config import CalibrationMethod, ExperimentConfig, load_config
 from training.data import cut_inputs
 from training.experiment import PreparedData, prepare_data
@@ -29,16 +30,7 @@ def _prepared(config: ExperimentConfig) -> PreparedData:
 
 
 def _with_y(data: Dataset, y: np.ndarray) -> Dataset:
-    return Dataset(
-        coin_id=data.coin_id,
-        day=data.day,
-        features=data.features,
-        y=y,
-        fwd_return=data.fwd_return,
-        trailing_return=data.trailing_return,
-        price=data.price,
-        feature_names=data.feature_names,
-    )
+    return replace(data, y=y)
 
 
 @pytest.fixture(scope="module")
@@ -142,16 +134,7 @@ def test_shrink_keeps_a_planted_leak_and_shrinks_shuffled_labels_to_the_base_rat
     """Behaviour: a feature that is the future return keeps w near 1; shuffled labels push w toward 0."""
     config, data = shrink_setup
     d = data.dataset
-    leaky = Dataset(
-        coin_id=d.coin_id,
-        day=d.day,
-        features=np.column_stack([d.features, d.fwd_return]),
-        y=d.y,
-        fwd_return=d.fwd_return,
-        trailing_return=d.trailing_return,
-        price=d.price,
-        feature_names=[*d.feature_names, "planted_future_return"],
-    )
+    leaky = with_planted_leak(d)
     assert fit_direction_model(leaky, config).model.calibrator.a >= 0.9
     shuffled = _with_y(d, np.random.default_rng(0).permutation(d.y))
     noisy = walk_forward(shuffled, config).predictions

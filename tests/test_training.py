@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from tests.training_fixtures import bundled_inputs, small_config
+from tests.training_fixtures import bundled_inputs, small_config, with_planted_leak
 from training import plots
 from training.config import (
     CalibrationMethod,
@@ -211,16 +211,7 @@ def test_the_pipeline_finds_a_planted_leak_and_nothing_in_shuffled_labels(
     """Behaviour check: a feature that is the future return gives AUC ~1; shuffled labels give ~0.5."""
     config, data = small
     d = data.dataset
-    leaky = Dataset(
-        coin_id=d.coin_id,
-        day=d.day,
-        features=np.column_stack([d.features, d.fwd_return]),
-        y=d.y,
-        fwd_return=d.fwd_return,
-        trailing_return=d.trailing_return,
-        price=d.price,
-        feature_names=[*d.feature_names, "planted_future_return"],
-    )
+    leaky = with_planted_leak(d)
     leaked = walk_forward(leaky, config).predictions
     assert roc_auc_score(leaked["y"], leaked["p_model"]) > 0.95
     shuffled_y = np.random.default_rng(0).permutation(d.y)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import date
 from functools import lru_cache
 from typing import Any
 
 import mlflow
+import numpy as np
 import polars as pl
 
 from features.bundled import bundled_fear_greed_frame, bundled_market_frame, bundled_social_daily_frame
 from khalsi.lake import write_fear_greed, write_market_partition, write_social_daily
 from khalsi.settings import Settings
 from training.config import ExperimentConfig
+from training.walk_forward import Dataset
 
 SMALL_COINS = ["bitcoin", "ethereum", "ripple", "litecoin", "dogecoin"]
 
@@ -75,3 +78,12 @@ def no_leaked_run() -> Iterator[None]:
     if leaked is not None:
         mlflow.end_run()
         raise AssertionError(f"test leaked an active MLflow run: {leaked.info.run_id}")
+
+
+def with_planted_leak(dataset: Dataset) -> Dataset:
+    """The dataset plus a feature that *is* the future return: a leak any honest pipeline must find."""
+    return replace(
+        dataset,
+        features=np.column_stack([dataset.features, dataset.fwd_return]),
+        feature_names=[*dataset.feature_names, "planted_future_return"],
+    )

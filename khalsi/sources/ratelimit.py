@@ -39,6 +39,13 @@ return {count, tostring((window + 1) * period - now)}
 """
 
 
+def _check_budget(calls: int, period_seconds: float) -> None:
+    if calls < 1:
+        raise ValueError(f"a rate budget needs at least one call per period, got {calls}")
+    if period_seconds <= 0:
+        raise ValueError(f"period_seconds must be positive, got {period_seconds}")
+
+
 class RateLimiter(Protocol):
     """Something that makes a caller wait until one more call fits the budget."""
 
@@ -61,10 +68,7 @@ class SlidingWindowLimiter:
         period_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if calls < 1:
-            raise ValueError(f"a rate budget needs at least one call per period, got {calls}")
-        if period_seconds <= 0:
-            raise ValueError(f"period_seconds must be positive, got {period_seconds}")
+        _check_budget(calls, period_seconds)
         self.calls = calls
         self.period_seconds = period_seconds
         self._clock = clock
@@ -102,10 +106,7 @@ class RedisFixedWindowLimiter:
         key: str,
         period_seconds: float = 60.0,
     ) -> None:
-        if calls < 1:
-            raise ValueError(f"a rate budget needs at least one call per period, got {calls}")
-        if period_seconds <= 0:
-            raise ValueError(f"period_seconds must be positive, got {period_seconds}")
+        _check_budget(calls, period_seconds)
         self.calls = calls
         self.period_seconds = period_seconds
         self.redis_url = redis_url
