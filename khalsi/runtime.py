@@ -21,6 +21,8 @@ def configure_runtime(settings: Settings) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", settings.log_level.upper())
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    # BentoML keeps its model store and bentos in ~/bentoml unless told otherwise.
+    os.environ.setdefault("BENTOML_HOME", str((settings.home / "bentoml").resolve()))
     if settings.prefect.api_url:
         os.environ["PREFECT_API_URL"] = settings.prefect.api_url
     else:
