@@ -61,7 +61,6 @@ class LoadResult:
 
 def build_home(home: Path, *, trees: int, depth: int) -> dict[int, str]:
     """Lake, online vectors and one registered champion per horizon under ``home``."""
-    import mlflow
     import polars as pl
     import xgboost as xgb
 
@@ -73,8 +72,8 @@ def build_home(home: Path, *, trees: int, depth: int) -> dict[int, str]:
     from serving.model_loader import model_name
     from training.config import CalibrationMethod
     from training.labels import FWD_RETURN, LABEL, add_labels
-    from training.model import Calibrator, DirectionModel, DirectionPyfunc
-    from training.registry import CHAMPION, configure_mlflow
+    from training.model import Calibrator, DirectionModel
+    from training.registry import configure_mlflow, register_direction_model
 
     settings = Settings(_env_file=None, home=home, environment="test")
     settings.ensure_home()
@@ -115,16 +114,7 @@ def build_home(home: Path, *, trees: int, depth: int) -> dict[int, str]:
             quantile_model=quantiles,
             alphas=[0.1, 0.5, 0.9],
         )
-        artifacts = model.save(home / f"model-{days}d")
-        with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=DirectionPyfunc(),
-                artifacts=artifacts,
-                pip_requirements=[f"mlflow=={mlflow.__version__}", f"xgboost=={xgb.__version__}"],
-            )
-        version = str(mlflow.register_model(info.model_uri, model_name(days)).version)
-        client.set_registered_model_alias(model_name(days), CHAMPION, version)
+        version = register_direction_model(client, model, home / f"model-{days}d", model_name=model_name(days))
         versions[days] = version
         print(f"  champion {days}d: trained and registered in {time.perf_counter() - began:.1f} s", flush=True)
     return versions

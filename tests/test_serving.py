@@ -35,8 +35,8 @@ from serving.predict import predict_items
 from serving.schemas import ErrorCode, PredictionItem
 from training.config import CalibrationMethod
 from training.labels import FWD_RETURN, LABEL, add_labels
-from training.model import Calibrator, DirectionModel, DirectionPyfunc
-from training.registry import CHAMPION, configure_mlflow
+from training.model import Calibrator, DirectionModel
+from training.registry import CHAMPION, configure_mlflow, register_direction_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALPHAS = [0.1, 0.5, 0.9]
@@ -94,19 +94,13 @@ def register_model(settings: Settings, model: DirectionModel, tmp_dir: Path, *, 
     """Log ``model`` as a DirectionPyfunc, register it under training's name, optionally as champion."""
     client = configure_mlflow(settings)
     name = model_name(model.horizon_days)
-    artifacts = model.save(tmp_dir / f"model-{model.horizon_days}d-{time.monotonic_ns()}")
-    with mlflow.start_run():
-        # Declared requirements: inferring them would load the model in a subprocess (seconds).
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=DirectionPyfunc(),
-            artifacts=artifacts,
-            pip_requirements=[f"mlflow=={mlflow.__version__}", f"xgboost=={xgb.__version__}"],
-        )
-    version = str(mlflow.register_model(info.model_uri, name).version)
-    if champion:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    return version
+    return register_direction_model(
+        client,
+        model,
+        tmp_dir / f"model-{model.horizon_days}d-{time.monotonic_ns()}",
+        model_name=name,
+        champion=champion,
+    )
 
 
 def service_env(settings: Settings) -> dict[str, str]:

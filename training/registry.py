@@ -190,6 +190,29 @@ def log_training_run(
         return LoggedRun(run_id=run.info.run_id, model_uri=str(info.model_uri), experiment_id=experiment_id)
 
 
+def register_direction_model(
+    client: MlflowClient, model: DirectionModel, folder: Path, *, model_name: str, champion: bool = True
+) -> str:
+    """Log an already built model in a run of its own, register it, optionally as champion; its version.
+
+    For models made outside a training run (benchmarks, tests of serving); training logs through
+    :func:`log_training_run`, with the run's evidence.
+    """
+    artifacts = model.save(folder)
+    with mlflow.start_run():
+        # Declared requirements: inferring them would load the model in a subprocess (seconds).
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=DirectionPyfunc(),
+            artifacts=artifacts,
+            pip_requirements=_pip_requirements(),
+        )
+    version = str(mlflow.register_model(info.model_uri, model_name).version)
+    if champion:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+    return version
+
+
 def register_version(settings: Settings, *, logged: LoggedRun, model_name: str) -> ModelVersion:
     """Register the run's model as a new version of ``model_name``."""
     configure_mlflow(settings)
