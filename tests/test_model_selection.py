@@ -1,4 +1,4 @@
-"""Model-selection options: ``calibration: none`` and ``calibration: shrink`` (toward the base rate)."""
+"""Model-selection options: ``calibration: none`` and ``calibration: shrink`` (toward the base rate or even odds)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from tests.training_fixtures import bundled_inputs, small_config, with_planted_leak
-from training.config import CalibrationMethod, ExperimentConfig, load_config
+from training.config import CalibrationMethod, ConfigError, ExperimentConfig, ShrinkPrior, load_config
 from training.data import cut_inputs
 from training.experiment import PreparedData, prepare_data
 from training.model import PROBABILITY_FLOOR, DirectionModel
@@ -37,6 +37,17 @@ def _with_y(data: Dataset, y: np.ndarray) -> Dataset:
 def shrink_setup() -> tuple[ExperimentConfig, PreparedData]:
     config = small_config(1, walk_forward={"calibration": "shrink"})
     return config, _prepared(config)
+
+
+@pytest.fixture(scope="module")
+def even_setup() -> tuple[ExperimentConfig, PreparedData]:
+    config = small_config(1, walk_forward={"calibration": "shrink", "shrink_toward": "even"})
+    return config, _prepared(config)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    logit: np.ndarray = np.log(p / (1 - p))
+    return logit
 
 
 # --- config ------------------------------------------------------------------------------------------
@@ -84,6 +95,44 @@ def test_shrink_calibrator_lies_between_the_raw_probability_and_the_base_rate(we
         assert np.all(p >= np.minimum(raw, base_rate) - 1e-12)
         assert np.all(p <= np.maximum(raw, base_rate) + 1e-12)
         assert np.all(np.diff(p) > 0)  # still monotone: the ranking (AUC) is the classifier's
+
+
+def test_shrink_toward_loads_from_yaml_and_defaults_to_the_base_rate(tmp_path: Path) -> None:
+    path = tmp_path / "experiment.yaml"
+    path.write_text("name: x\nhorizon_days: 7\nwalk_forward:\n  calibration: shrink\n", encoding="utf-8")
+    assert load_config(path).walk_forward.shrink_toward is ShrinkPrior.BASE_RATE
+    path.write_text(
+        "name: x\nhorizon_days: 7\nwalk_forward:\n  calibration: shrink\n  shrink_toward: even\n", encoding="utf-8"
+    )
+    assert load_config(path).walk_forward.shrink_toward is ShrinkPrior.EVEN
+    path.write_text("name: x\nhorizon_days: 7\nwalk_forward:\n  shrink_toward: last_month\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="shrink_toward"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.4, 1.0])
+def test_shrink_toward_even_keeps_the_tilt_and_drops_the_training_up_share(weight: float) -> None:
+    raw = np.linspace(0.05, 0.95, 19)
+    base_rate = 0.58
+    p = shrink_calibrator(weight, base_rate, ShrinkPrior.EVEN).apply(raw)
+    # sigmoid(w * (logit(raw) - logit(base_rate))): even odds where the trees add nothing to the base rate.
+    np.testing.assert_allclose(_logit(p), weight * (_logit(raw) - _logit(np.array(base_rate))), atol=1e-9)
+    at_base = shrink_calibrator(weight, base_rate, ShrinkPrior.EVEN).apply(np.array([base_rate]))
+    np.testing.assert_allclose(at_base, 0.5)
+    if weight > 0:
+        assert np.all(np.diff(p) > 0)
+
+
+def test_shrink_weight_toward_even_judges_the_tilt_not_the_up_share() -> None:
+    """A score whose tilt is informative keeps its weight even when the periods' up-shares differ."""
+    rng = np.random.default_rng(1)
+    tilt = rng.normal(0.0, 0.6, 20_000)
+    y = (rng.uniform(size=tilt.size) < 1 / (1 + np.exp(-tilt))).astype(np.float64)
+    stale_base = np.full(tilt.size, 0.65)  # the model learned a 65% up-share; the truth is even
+    raw = 1 / (1 + np.exp(-(tilt + _logit(stale_base))))
+    assert fit_shrink_weight(raw, y, stale_base, ShrinkPrior.EVEN) >= 0.9
+    noise = 1 / (1 + np.exp(-(rng.normal(0.0, 0.6, tilt.size) + _logit(stale_base))))
+    assert fit_shrink_weight(noise, y, stale_base, ShrinkPrior.EVEN) <= 0.1
 
 
 # --- walk-forward and the served model ---------------------------------------------------------------
@@ -155,3 +204,30 @@ def test_shrink_weight_never_sees_test_labels(shrink_setup: tuple[ExperimentConf
     np.testing.assert_array_equal(
         first.predictions.get_column("p_model").to_numpy(), second.predictions.get_column("p_model").to_numpy()
     )
+
+
+def test_shrink_toward_even_centres_each_fold_on_its_own_base_rate(
+    tmp_path: Path, even_setup: tuple[ExperimentConfig, PreparedData]
+) -> None:
+    """Above 0.5 exactly where the raw probability is above the fold's base rate; served as walked forward."""
+    config, data = even_setup
+    predictions = walk_forward(data.dataset, config).predictions
+    raw, model, base = (predictions.get_column(c).to_numpy() for c in ("p_raw", "p_model", "p_base_rate"))
+    moved = np.abs(raw - base) > 1e-6
+    assert np.array_equal(np.sign(model[moved] - 0.5), np.sign(raw[moved] - base[moved]))
+    fit = fit_direction_model(data.dataset, config)
+    loaded = DirectionModel.load(fit.model.save(tmp_path / "model"))
+    features = data.dataset.features[-300:]
+    np.testing.assert_array_equal(loaded.probability(features), fit.model.probability(features))
+
+
+def test_shrink_toward_even_sends_shuffled_labels_to_even_odds(
+    even_setup: tuple[ExperimentConfig, PreparedData],
+) -> None:
+    config, data = even_setup
+    d = data.dataset
+    shuffled = _with_y(d, np.random.default_rng(0).permutation(d.y))
+    noisy = walk_forward(shuffled, config).predictions
+    gap = np.abs(noisy.get_column("p_model").to_numpy() - 0.5)
+    raw_gap = np.abs(noisy.get_column("p_raw").to_numpy() - noisy.get_column("p_base_rate").to_numpy())
+    assert gap.mean() < 0.5 * raw_gap.mean()

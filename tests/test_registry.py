@@ -118,7 +118,9 @@ def test_champion_moves_only_when_a_challenger_beats_it_on_the_same_rows(
     assert client.get_run(retrained.run_id).data.tags["khalsi.promotion.decision"] == "not-promoted"
 
 
-def _predictions(p_model: list[float], y: list[float], *, p_base: float = 0.5) -> pl.DataFrame:
+def _predictions(
+    p_model: list[float], y: list[float], *, p_base: float = 0.5, p_momentum: list[float] | None = None
+) -> pl.DataFrame:
     n = len(y)
     return pl.DataFrame(
         {
@@ -132,6 +134,8 @@ def _predictions(p_model: list[float], y: list[float], *, p_base: float = 0.5) -
             "y": y,
             "p_model": p_model,
             "p_base_rate": [p_base] * n,
+            "p_coin_flip": [0.5] * n,
+            "p_momentum": p_momentum if p_momentum is not None else [0.5] * n,
         }
     )
 
@@ -167,6 +171,29 @@ def test_rule_for_auc_prefers_higher_and_first_model_must_beat_the_base_rate() -
     no_skill = decide_against_base_rate(_predictions([0.5] * 100, y), rule=brier_rule, n_bins=10)
     assert not no_skill.promoted
     assert "no champion yet" in no_skill.reason
+
+
+def test_a_model_that_loses_to_a_simple_baseline_is_never_promoted() -> None:
+    y = [1.0, 0.0] * 50
+    rule = PromotionConfig(margin=0.005, min_common_rows=10)
+    # Beats a stale 70% base rate (Brier 0.29) by far, yet loses to a constant 0.5 (0.25): no champion.
+    flat = _predictions([0.55] * 100, y, p_base=0.7)
+    first = decide_against_base_rate(flat, rule=rule, n_bins=10)
+    assert not first.promoted
+    assert "coin_flip 0.25000" in first.reason
+    assert "no champion yet" in first.reason
+    # Beats the champion by the margin, yet momentum ("up if it went up") knew better.
+    champion = _predictions([0.45, 0.55] * 50, y)
+    challenger = _predictions([0.55, 0.45] * 50, y, p_momentum=[0.6, 0.4] * 50)
+    refused = decide_against_champion(challenger, champion, champion_version="2", rule=rule, n_bins=10)
+    assert not refused.promoted
+    assert "beats champion v2" in refused.reason
+    assert "momentum" in refused.reason
+    accepted = decide_against_champion(
+        _predictions([0.55, 0.45] * 50, y), champion, champion_version="2", rule=rule, n_bins=10
+    )
+    assert accepted.promoted
+    assert "no worse than coin_flip or momentum" in accepted.reason
 
 
 def test_champion_is_served_by_alias_with_probabilities_quantiles_and_contributions(

@@ -43,6 +43,17 @@ class CalibrationMethod(StrEnum):
     SHRINK = "shrink"
 
 
+class ShrinkPrior(StrEnum):
+    """Where ``calibration: shrink`` pulls the classifier's probability."""
+
+    # The training window's up-share: p = sigmoid(w * logit(raw) + (1 - w) * logit(base_rate)).
+    BASE_RATE = "base_rate"
+    # Even odds: p = sigmoid(w * (logit(raw) - logit(base_rate))). The trees' tilt is kept and the
+    # training window's up-share is dropped, for horizons where the up-share of one period says
+    # nothing about the next (it swings with the market regime; docs/model-card.md).
+    EVEN = "even"
+
+
 class DataConfig(_Strict):
     # The first day any row may come from (early BTC-only history teaches little about 17 coins).
     start: date = date(2015, 1, 1)
@@ -72,6 +83,8 @@ class WalkForwardConfig(_Strict):
     calibration: CalibrationMethod = CalibrationMethod.ISOTONIC
     calibration_fraction: float = Field(default=0.3, gt=0, lt=0.8)
     calibration_folds: int = Field(default=2, ge=1, le=10)
+    # Only read by ``calibration: shrink``.
+    shrink_toward: ShrinkPrior = ShrinkPrior.BASE_RATE
     min_train_rows: int = Field(default=500, ge=50)
 
     @model_validator(mode="after")

@@ -10,8 +10,9 @@
 - One registered model per horizon (``khalsi-direction-<H>d``). The ``champion`` alias moves only
   when the challenger beats the champion by the declared margin on the declared metric, computed
   on the rows both runs scored out of sample (the same evaluation window). The first model must
-  beat the base-rate baseline the same way. The decision and its reason are tagged on the run
-  and on the version. Serving loads ``models:/<name>@champion``, never "latest".
+  beat the base-rate baseline the same way. Neither is ever promoted while it does worse than a
+  simple baseline (coin flip, momentum) on its own out-of-sample rows. The decision and its reason
+  are tagged on the run and on the version. Serving loads ``models:/<name>@champion``, never "latest".
 """
 
 from __future__ import annotations
@@ -278,6 +279,37 @@ def beats(rule: PromotionConfig, challenger: float, reference: float) -> bool:
     return challenger < reference - rule.margin
 
 
+# Baselines a champion may never do worse than, on its own out-of-sample rows (margin or not): a
+# model that loses to a constant 0.5 or to "up if it went up" should not be served whatever the
+# rest of the rule says. The base rate is the first model's reference and is checked with the margin.
+GUARD_BASELINES = ("coin_flip", "momentum")
+
+
+def baselines_not_beaten(predictions: pl.DataFrame, *, rule: PromotionConfig, n_bins: int) -> list[str]:
+    """The guard baselines the model does worse than on the metric, e.g. ``["coin_flip 0.25000"]``."""
+    metric = rule.metric.value
+    value = _metric(predictions, "p_model", metric, n_bins)
+    worse: list[str] = []
+    for name in GUARD_BASELINES:
+        if f"p_{name}" not in predictions.columns:
+            continue
+        reference = _metric(predictions, f"p_{name}", metric, n_bins)
+        if (value < reference) if rule.metric.higher_is_better else (value > reference):
+            worse.append(f"{name} {reference:.5f}")
+    return worse
+
+
+def _guarded(
+    promoted: bool, reason: str, predictions: pl.DataFrame, rule: PromotionConfig, n_bins: int
+) -> tuple[bool, str]:
+    if not promoted:
+        return promoted, reason
+    worse = baselines_not_beaten(predictions, rule=rule, n_bins=n_bins)
+    if worse:
+        return False, f"{reason}, but does worse than {', '.join(worse)} on its own out-of-sample rows; not promoted"
+    return True, f"{reason}, and no worse than {' or '.join(GUARD_BASELINES)}"
+
+
 def decide_against_base_rate(predictions: pl.DataFrame, *, rule: PromotionConfig, n_bins: int) -> PromotionDecision:
     """The first model's test: beat the base-rate baseline on its own out-of-sample rows."""
     metric, rows = rule.metric.value, predictions.height
@@ -292,6 +324,7 @@ def decide_against_base_rate(predictions: pl.DataFrame, *, rule: PromotionConfig
             f"first model: {metric} {value:.5f} {verdict} the base-rate baseline {reference:.5f} "
             f"by more than {rule.margin} on {rows} out-of-sample rows"
         )
+        promoted, reason = _guarded(promoted, reason, predictions, rule, n_bins)
         if not promoted:
             reason += "; no champion yet"
     return PromotionDecision(promoted, reason, metric, rule.margin, value, "base_rate", reference, rows, None)
@@ -326,6 +359,7 @@ def decide_against_champion(
         f"challenger {metric} {value:.5f} {'beats' if promoted else 'does not beat'} {label} {reference:.5f} "
         f"by more than {rule.margin} on {rows} common rows ({str(stamps.min())[:10]}..{str(stamps.max())[:10]})"
     )
+    promoted, reason = _guarded(promoted, reason, challenger, rule, n_bins)
     return PromotionDecision(promoted, reason, metric, rule.margin, value, label, reference, rows, champion_version)
 
 

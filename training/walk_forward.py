@@ -13,7 +13,8 @@ Inside a training window, time order is kept everywhere:
   predictions, and the fold's classifier is then refitted on the whole training window (the
   scheme of scikit-learn's ``CalibratedClassifierCV(ensemble=False)``, made time-ordered);
   ``calibration: shrink`` fits one weight the same way (log-odds shrinkage toward the training
-  base rate, each chunk shrunk toward the base rate its own model knew), ``calibration: none``
+  base rate, or toward even odds with that base rate taken out, each chunk judged against the base
+  rate its own model knew), ``calibration: none``
   fits nothing and serves the raw probability;
 - the quantile model (one multi-quantile XGBoost, ``reg:quantileerror``) and the baselines are
   fitted on the whole training window.
@@ -36,7 +37,7 @@ import polars as pl
 import xgboost as xgb
 
 from training.baselines import FittedBaselines, fit_baselines
-from training.config import CalibrationMethod, ExperimentConfig, WindowKind
+from training.config import CalibrationMethod, ExperimentConfig, ShrinkPrior, WindowKind
 from training.labels import FWD_RETURN, LABEL, TRAILING_RETURN
 from training.model import Calibrator, DirectionModel, fit_calibrator
 
@@ -192,23 +193,36 @@ def _logit(p: FloatArray) -> FloatArray:
     return result
 
 
-def fit_shrink_weight(raw: FloatArray, y: FloatArray, prior: FloatArray) -> float:
-    """The weight w in [0, 1] minimising the log loss of sigmoid(w * logit(raw) + (1 - w) * logit(prior))."""
+def fit_shrink_weight(
+    raw: FloatArray, y: FloatArray, base_rate: FloatArray, toward: ShrinkPrior = ShrinkPrior.BASE_RATE
+) -> float:
+    """The weight w in [0, 1] minimising the log loss of the shrink map (see ``shrink_logit``)."""
     if len(raw) < 20 or len(np.unique(y)) < 2:
         raise ValueError(f"too few out-of-fold predictions to fit a shrink weight ({len(raw)} rows)")
-    raw_logit, prior_logit = _logit(raw), _logit(prior)
+    raw_logit, base_logit = _logit(raw), _logit(base_rate)
     losses = []
     for weight in SHRINK_GRID:
-        p = np.clip(1.0 / (1.0 + np.exp(-(weight * raw_logit + (1 - weight) * prior_logit))), 1e-6, 1 - 1e-6)
+        p = np.clip(1.0 / (1.0 + np.exp(-shrink_logit(weight, raw_logit, base_logit, toward))), 1e-6, 1 - 1e-6)
         losses.append(-float(np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))))
     return float(SHRINK_GRID[int(np.argmin(losses))])
 
 
-def shrink_calibrator(weight: float, base_rate: float) -> Calibrator:
-    """The shrink map as a log-odds-linear calibrator (a = w, b = (1 - w) * logit(base_rate))."""
+def shrink_logit(weight: float, raw_logit: FloatArray, base_logit: FloatArray, toward: ShrinkPrior) -> FloatArray:
+    """The shrunk log-odds: toward the base rate, or toward even odds with the base rate taken out."""
+    if toward is ShrinkPrior.EVEN:
+        centred: FloatArray = weight * (raw_logit - base_logit)
+        return centred
+    shrunk: FloatArray = weight * raw_logit + (1 - weight) * base_logit
+    return shrunk
+
+
+def shrink_calibrator(weight: float, base_rate: float, toward: ShrinkPrior = ShrinkPrior.BASE_RATE) -> Calibrator:
+    """The shrink map as a log-odds-linear calibrator, sigmoid(a * logit(raw) + b)."""
     # Calibrator.apply maps every non-isotonic method through sigmoid(a * logit(raw) + b), so the
-    # served model (DirectionModel.probability) applies exactly this map.
-    intercept = (1 - weight) * float(_logit(np.asarray([base_rate]))[0])
+    # served model (DirectionModel.probability) applies exactly this map:
+    # toward the base rate a = w, b = (1 - w) * logit(base_rate); toward even odds b = -w * logit(base_rate).
+    base_logit = float(_logit(np.asarray([base_rate]))[0])
+    intercept = -weight * base_logit if toward is ShrinkPrior.EVEN else (1 - weight) * base_logit
     return Calibrator(method=CalibrationMethod.SHRINK, a=weight, b=intercept)
 
 
@@ -226,7 +240,7 @@ def _fit_out_of_fold_calibrator(train: Dataset, config: ExperimentConfig, n_tree
     bounds = [int(days[edge]) for edge in edges[:-1]] + [int(days[-1]) + 1]
     oof_raw: list[FloatArray] = []
     oof_y: list[FloatArray] = []
-    # The base rate each chunk's model knew (its own training rows): what shrinkage pulls toward.
+    # The base rate each chunk's model knew (its own training rows): what shrinkage pulls toward or takes out.
     oof_prior: list[FloatArray] = []
     for chunk_first, chunk_stop in itertools.pairwise(bounds):
         if chunk_stop <= chunk_first:
@@ -242,8 +256,8 @@ def _fit_out_of_fold_calibrator(train: Dataset, config: ExperimentConfig, n_tree
         raise NotEnoughDataError("no calibration chunk has enough earlier rows to train on")
     raw, y = np.concatenate(oof_raw), np.concatenate(oof_y)
     if wf.calibration is CalibrationMethod.SHRINK:
-        weight = fit_shrink_weight(raw, y, np.concatenate(oof_prior))
-        return shrink_calibrator(weight, float(np.mean(train.y))), len(y)
+        weight = fit_shrink_weight(raw, y, np.concatenate(oof_prior), wf.shrink_toward)
+        return shrink_calibrator(weight, float(np.mean(train.y)), wf.shrink_toward), len(y)
     return fit_calibrator(wf.calibration, raw, y), len(y)
 
 
