@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from khalsi.db.models import User
 from khalsi.settings import Settings
 
 
@@ -36,3 +40,61 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RedisDep = Annotated[Any | None, Depends(get_redis)]
 HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
+
+
+bearer_scheme = HTTPBearer(auto_error=False, description="The access token from /api/v1/auth/login")
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """The caller behind a valid access token, and the session the token belongs to."""
+
+    user: User
+    session_id: uuid.UUID
+
+
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def get_authenticated(
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Authenticated:
+    from api.auth.exceptions import AuthError
+    from api.auth.service import user_for_access_token
+
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise unauthorized("an access token is required: send 'Authorization: Bearer <token>'")
+    try:
+        user, session_id = await user_for_access_token(
+            session=session, settings=settings.jwt, token=credentials.credentials
+        )
+    except AuthError as error:
+        raise unauthorized(str(error)) from error
+    return Authenticated(user=user, session_id=session_id)
+
+
+AuthDep = Annotated[Authenticated, Depends(get_authenticated)]
+
+
+async def get_current_user(auth: AuthDep) -> User:
+    return auth.user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def require_role(*roles: str) -> Callable[[User], Awaitable[User]]:
+    """A dependency that lets only users with one of ``roles`` through (403 otherwise)."""
+
+    async def check(user: CurrentUser) -> User:
+        if user.role not in roles:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail="insufficient permissions")
+        return user
+
+    return check
+
+
+AdminUser = Annotated[User, Depends(require_role("admin"))]

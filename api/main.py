@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
+from api.auth.router import router as auth_router
 from api.health.router import router as health_router
+from api.users.router import router as users_router
 from khalsi.db.engine import async_session_factory, create_async_db_engine
 from khalsi.settings import Settings, get_settings
 
@@ -39,4 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Khalsi API", version="0.1.0", lifespan=lifespan)
     app.include_router(health_router)
+    # The product API lives under /api/<version> (the seed's API_VERSION); /health stays at the root.
+    api_prefix = f"/api/{app_settings.api_version}"
+    for router in (auth_router, users_router):
+        app.include_router(router, prefix=api_prefix)
     return app

@@ -9,12 +9,14 @@ sets ``settings.coingecko.api_key``: the seed's ``.env`` names with the prefix (
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "change-me-in-production"  # noqa: S105 - a known placeholder, refused outside development
@@ -48,10 +50,36 @@ class RedisSettings(BaseModel):
 
 class JWTSettings(BaseModel):
     # The seed's JWT_SECRET / JWT_EXPIRES_IN / REFRESH_TOKEN_*: KHALSI_JWT_SECRET and so on.
-    secret: SecretStr = SecretStr(DEV_SECRET)
+    secret: SecretStr = SecretStr(DEV_SECRET + "-access-token-key")
     expires_in: str = "7d"
-    refresh_token_secret: SecretStr = SecretStr(DEV_SECRET + "-refresh")
+    refresh_token_secret: SecretStr = SecretStr(DEV_SECRET + "-refresh-token-key")
     refresh_token_expires_in: str = "30d"  # noqa: S105 - a lifetime, not a secret
+
+    @field_validator("expires_in", "refresh_token_expires_in")
+    @classmethod
+    def _a_lifetime(cls, value: str) -> str:
+        parse_lifetime(value)
+        return value
+
+    @property
+    def access_lifetime(self) -> timedelta:
+        return parse_lifetime(self.expires_in)
+
+    @property
+    def refresh_lifetime(self) -> timedelta:
+        return parse_lifetime(self.refresh_token_expires_in)
+
+
+_LIFETIME = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_LIFETIME_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_lifetime(value: str) -> timedelta:
+    """A token lifetime written the seed's way: ``7d``, ``12h``, ``15m`` or ``900s``."""
+    match = _LIFETIME.match(value)
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(f"{value!r} is not a lifetime: write a positive number with s, m, h or d, e.g. 7d or 15m")
+    return timedelta(**{_LIFETIME_UNITS[match.group(2)]: int(match.group(1))})
 
 
 class CoinGeckoSettings(BaseModel):

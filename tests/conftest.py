@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from khalsi.db.migrate import upgrade
@@ -128,3 +129,26 @@ def prefect_harness() -> Iterator[None]:
         prefect_test_harness(server_startup_timeout=120),
     ):
         yield
+
+
+@pytest.fixture
+def api_settings(home: Path, pg_database_url: str, redis_url: str) -> Settings:
+    """The product API on a fresh PostgreSQL database and real Redis, migrated."""
+    from khalsi.db.engine import create_sync_engine
+
+    api = Settings(  # type: ignore[call-arg]
+        _env_file=None, home=home, environment="test", database={"url": pg_database_url}, redis={"url": redis_url}
+    )
+    db_engine = create_sync_engine(api)
+    upgrade(db_engine)
+    db_engine.dispose()
+    return api
+
+
+@pytest.fixture
+def api_client(api_settings: Settings) -> Iterator[TestClient]:
+    """The API app, its lifespan running, over the in-process HTTP transport."""
+    from api.main import create_app
+
+    with TestClient(create_app(api_settings)) as client:
+        yield client

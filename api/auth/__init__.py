@@ -1,0 +1,1 @@
+"""Authentication: registration, password login, JWT access tokens and rotating refresh sessions."""

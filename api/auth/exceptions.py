@@ -1,0 +1,25 @@
+"""Domain errors of authentication; the router turns them into HTTP answers."""
+
+from __future__ import annotations
+
+
+class AuthError(Exception):
+    """Base of the authentication errors."""
+
+
+class EmailAlreadyRegisteredError(AuthError):
+    def __init__(self, email: str) -> None:
+        super().__init__(f"an account with email {email!r} already exists")
+
+
+class UsernameTakenError(AuthError):
+    def __init__(self, username: str) -> None:
+        super().__init__(f"the username {username!r} is taken")
+
+
+class InvalidTokenError(AuthError):
+    """A token that is malformed, expired, of the wrong kind or signed with another key."""
+
+
+class SessionRevokedError(AuthError):
+    """A refresh token whose session was closed, or a refresh token used twice."""

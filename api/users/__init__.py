@@ -1,0 +1,1 @@
+"""The caller's own account, and the admin's view of all accounts."""
