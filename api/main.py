@@ -8,8 +8,13 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
+from api.alerts.router import router as alerts_router
 from api.auth.router import router as auth_router
 from api.health.router import router as health_router
+from api.market.router import router as market_router
+from api.notifications.router import router as notifications_router
+from api.portfolios.router import router as portfolios_router
+from api.predictions.router import router as predictions_router
 from api.users.router import router as users_router
 from khalsi.db.engine import async_session_factory, create_async_db_engine
 from khalsi.settings import Settings, get_settings
@@ -43,6 +48,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     # The product API lives under /api/<version> (the seed's API_VERSION); /health stays at the root.
     api_prefix = f"/api/{app_settings.api_version}"
-    for router in (auth_router, users_router):
+    for router in (
+        auth_router,
+        users_router,
+        market_router,
+        predictions_router,
+        portfolios_router,
+        alerts_router,
+        notifications_router,
+    ):
         app.include_router(router, prefix=api_prefix)
     return app

@@ -1,0 +1,1 @@
+"""Alerts: conditions on prices and predictions that notify their owner when they hold."""

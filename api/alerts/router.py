@@ -1,0 +1,7 @@
+"""``/alerts``: routes of the alerts domain."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/alerts", tags=["alerts"])

@@ -1,0 +1,1 @@
+"""Market data: tracked coins, latest prices, history and trending tokens."""

@@ -1,0 +1,1 @@
+"""Notifications: what was sent to whom, by e-mail (SMTP) or webhook, and its delivery state."""

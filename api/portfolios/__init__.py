@@ -1,0 +1,1 @@
+"""Portfolios: the caller's positions, valued at the latest stored prices."""

@@ -1,0 +1,1 @@
+"""Predictions: the champion models' probabilities through the BentoML service."""
