@@ -15,6 +15,7 @@ from api.market.router import router as market_router
 from api.notifications.router import router as notifications_router
 from api.portfolios.router import router as portfolios_router
 from api.predictions.router import router as predictions_router
+from api.ratelimit import RateLimitMiddleware
 from api.users.router import router as users_router
 from khalsi.db.engine import async_session_factory, create_async_db_engine
 from khalsi.settings import Settings, get_settings
@@ -58,4 +59,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         notifications_router,
     ):
         app.include_router(router, prefix=api_prefix)
+    app.add_middleware(RateLimitMiddleware, settings=app_settings, api_prefix=api_prefix)
     return app

@@ -124,12 +124,21 @@ class SMTPSettings(BaseModel):
 
 class WebhookSettings(BaseModel):
     discord_webhook_url: str = ""
+    # Users' webhook URLs may not point at loopback, private, link-local (cloud metadata) or other
+    # non-public addresses (SSRF); only a deployment whose webhooks live on its own network says so.
+    allow_private_targets: bool = False
 
 
 class RateLimitSettings(BaseModel):
     # KHALSI_RATE_LIMIT_WINDOW (minutes) and KHALSI_RATE_LIMIT_MAX (requests per window), as in the seed.
     window: int = Field(default=15, ge=1)
     max: int = Field(default=100, ge=1)
+    # Login and registration get their own, smaller budget per client: password guessing is the
+    # abuse that matters there, and it must not eat the client's budget for everything else.
+    auth_max: int = Field(default=10, ge=1)
+    # Take the client address from the last X-Forwarded-For entry (appended by the nginx of
+    # docker-compose); only behind exactly one proxy you run, or clients could pick their identity.
+    trust_forwarded_for: bool = False
 
 
 class WebSocketSettings(BaseModel):

@@ -137,7 +137,13 @@ def api_settings(home: Path, pg_database_url: str, redis_url: str) -> Settings:
     from khalsi.db.engine import create_sync_engine
 
     api = Settings(  # type: ignore[call-arg]
-        _env_file=None, home=home, environment="test", database={"url": pg_database_url}, redis={"url": redis_url}
+        _env_file=None,
+        home=home,
+        environment="test",
+        database={"url": pg_database_url},
+        redis={"url": redis_url},
+        # Domain tests make many calls from one address; tests/test_api_ratelimit.py tests the limits.
+        rate_limit={"max": 100_000, "auth_max": 100_000},
     )
     db_engine = create_sync_engine(api)
     upgrade(db_engine)

@@ -90,6 +90,8 @@ def rendered(value: Any) -> str:
         return value.get_secret_value()
     if isinstance(value, Enum):
         return str(value.value)
+    if isinstance(value, bool):
+        return str(value).lower()
     return str(value)
 
 
