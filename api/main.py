@@ -11,6 +11,8 @@ from fastapi import FastAPI
 from api.alerts.router import router as alerts_router
 from api.auth.router import router as auth_router
 from api.health.router import router as health_router
+from api.live.hub import LiveHub
+from api.live.router import router as live_router
 from api.market.router import router as market_router
 from api.notifications.router import router as notifications_router
 from api.portfolios.router import router as portfolios_router
@@ -37,9 +39,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             password = app_settings.redis.password.get_secret_value() if app_settings.redis.password else None
             app.state.redis = redis_asyncio.Redis.from_url(app_settings.redis.url, password=password)
         app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(app_settings.ml_service.timeout_seconds))
+        app.state.live_hub = LiveHub(app.state.redis)
+        await app.state.live_hub.start()
         try:
             yield
         finally:
+            await app.state.live_hub.stop()
             await app.state.http.aclose()
             if app.state.redis is not None:
                 await app.state.redis.aclose()
@@ -57,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         portfolios_router,
         alerts_router,
         notifications_router,
+        live_router,
     ):
         app.include_router(router, prefix=api_prefix)
     app.add_middleware(RateLimitMiddleware, settings=app_settings, api_prefix=api_prefix)

@@ -19,6 +19,7 @@ from prefect.tasks import exponential_backoff
 
 from khalsi.db.engine import create_sync_engine
 from khalsi.db.migrate import upgrade
+from khalsi.events import channel_name, publish_events
 from khalsi.ingest import store
 from khalsi.ingest.market import FetchedHistory, MarketSource
 from khalsi.ingest.pipeline import BatchOutcome, load_market_batch, raise_if_quarantined
@@ -78,6 +79,31 @@ async def resume_points(settings: Settings, coins: list[CoinInfo]) -> dict[str, 
     return await asyncio.to_thread(_resume)
 
 
+@task(cache_policy=NO_CACHE)
+async def announce_new_prices(settings: Settings, coin_ids: list[str]) -> int:
+    """Tell live clients (WebSockets, through Redis) each coin's newest stored price; best effort."""
+
+    def _announce() -> int:
+        engine = create_sync_engine(settings)
+        try:
+            events = []
+            for coin_id in coin_ids:
+                point = store.last_market_point(engine, coin_id)
+                if point is not None:
+                    payload = {
+                        "type": "price",
+                        "coin_id": coin_id,
+                        "timestamp": point[0].isoformat(),
+                        "price": point[1],
+                    }
+                    events.append((channel_name("prices", coin_id), payload))
+            return publish_events(settings, events)
+        finally:
+            engine.dispose()
+
+    return await asyncio.to_thread(_announce)
+
+
 @flow(name=FLOW_NAME)
 async def ingest_market(coins: list[str] | None = None) -> list[dict[str, Any]]:
     """Ingest new daily market data for the configured (or given) coins; fail if any batch was quarantined."""
@@ -106,5 +132,8 @@ async def ingest_market(coins: list[str] | None = None) -> list[dict[str, Any]]:
         )
         for warning in outcome.warnings:
             logger.warning("%s: %s", outcome.name, warning)
+    stored = [coin.coin_id for coin, outcome in zip(selected, outcomes, strict=True) if outcome.rows_stored > 0]
+    if stored:
+        await announce_new_prices(settings, stored)
     raise_if_quarantined(outcomes, settings)
     return [asdict(o) for o in outcomes]

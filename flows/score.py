@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from khalsi.db.engine import create_sync_engine, session_scope
 from khalsi.db.migrate import upgrade
 from khalsi.db.models import Prediction
+from khalsi.events import channel_name, publish_events
 from khalsi.ingest.sources import source_clock
 from khalsi.ingest.store import insert_new_rows
 from khalsi.settings import ServingSettings, Settings, get_settings
@@ -100,6 +101,8 @@ def score_with(settings: Settings, *, options: ServingSettings, horizons: list[i
     rows = prediction_rows(results, models=models, feature_version=snapshot.version)
     summary["predicted"] = len(rows)
     summary["written"] = write_predictions(settings, rows) if rows else 0
+    if summary["written"]:
+        summary["announced"] = publish_events(settings, prediction_events(rows))
     logger.info(
         "scored %d (coin, horizon) pairs, %d new rows written, skipped %s",
         len(rows),
@@ -107,6 +110,19 @@ def score_with(settings: Settings, *, options: ServingSettings, horizons: list[i
         summary["skipped"] or "none",
     )
     return summary
+
+
+def prediction_events(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Live events for stored predictions (what a WebSocket client subscribed to the coin sees)."""
+    keys = ("coin_id", "symbol", "timeframe", "probability_up", "probability_down", "confidence_level")
+    more = ("price_target", "price_target_low", "price_target_high", "model_name", "model_version", "expires_at")
+    return [
+        (
+            channel_name("predictions", str(row["coin_id"])),
+            {"type": "prediction", **{k: row.get(k) for k in keys + more}},
+        )
+        for row in rows
+    ]
 
 
 @flow(name=FLOW_NAME)

@@ -86,6 +86,7 @@ async def open_session(*, session: AsyncSession, settings: JWTSettings, user: Us
 async def _close(session: AsyncSession, row: UserSession, now: datetime) -> None:
     row.is_active = False
     row.disconnected_at = now
+    row.socket_id = None  # its WebSocket is closed at the next heartbeat
     await session.commit()
 
 
@@ -132,3 +133,9 @@ async def user_for_access_token(*, session: AsyncSession, settings: JWTSettings,
     if not active:
         raise SessionRevokedError("this session was closed; log in again")
     return user, claims.session_id
+
+
+async def session_is_active(*, session: AsyncSession, session_id: uuid.UUID) -> bool:
+    """Whether a login session is still open (a long-lived WebSocket re-checks this)."""
+    active = await session.scalar(sa.select(UserSession.is_active).where(UserSession.id == session_id))
+    return bool(active)

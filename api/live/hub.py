@@ -1,0 +1,130 @@
+"""One Redis subscription per API process, fanned out to that process's WebSockets.
+
+Each socket gets a bounded queue. A client too slow to read loses the oldest events, not the
+process's memory, and is told how many it missed (``lagged``). If Redis goes away the hub keeps
+retrying with back-off and reports ``live: false`` meanwhile; sockets stay open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import defaultdict
+from typing import Any
+
+from khalsi.events import CHANNEL_PREFIX
+
+logger = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+RECONNECT_MAX_SECONDS = 30.0
+
+
+class Subscriber:
+    """One socket's mailbox."""
+
+    def __init__(self, queue_size: int = QUEUE_SIZE) -> None:
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
+        self.channels: set[str] = set()
+        self.dropped = 0
+
+    def offer(self, event: dict[str, Any]) -> None:
+        if self.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(event)
+
+
+class LiveHub:
+    """Routes events from Redis pub/sub to the subscribers of their channel."""
+
+    def __init__(self, redis: Any | None) -> None:
+        self._redis = redis
+        self._by_channel: dict[str, set[Subscriber]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self.reason = "Redis is not configured: events from flows cannot reach this process"
+
+    @property
+    def live(self) -> bool:
+        return self._subscribed.is_set()
+
+    async def start(self) -> None:
+        if self._redis is not None:
+            self._task = asyncio.create_task(self._pump(), name="live-hub")
+
+    async def wait_until_live(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), seconds)
+        return self.live
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def subscribe(self, subscriber: Subscriber, channels: set[str]) -> None:
+        for channel in channels:
+            self._by_channel[channel].add(subscriber)
+        subscriber.channels |= channels
+
+    def unsubscribe(self, subscriber: Subscriber, channels: set[str] | None = None) -> None:
+        for channel in list(subscriber.channels if channels is None else channels):
+            listeners = self._by_channel.get(channel)
+            if listeners is not None:
+                listeners.discard(subscriber)
+                if not listeners:
+                    del self._by_channel[channel]
+            subscriber.channels.discard(channel)
+
+    def dispatch(self, channel: str, event: dict[str, Any]) -> int:
+        """Deliver ``event`` to everyone on ``channel``; return how many got it."""
+        topic = channel.split(":", 1)[0]
+        # "prices:*" follows every coin's prices; a socket on both hears each event once.
+        listeners = self._by_channel.get(channel, set()) | self._by_channel.get(f"{topic}:*", set())
+        for subscriber in listeners:
+            subscriber.offer({**event, "channel": channel})
+        return len(listeners)
+
+    async def _pump(self) -> None:
+        redis = self._redis
+        if redis is None:
+            return
+        delay = 0.5
+        while True:
+            pubsub = redis.pubsub()
+            try:
+                await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                self._subscribed.set()
+                self.reason = ""
+                delay = 0.5
+                async for message in pubsub.listen():
+                    if message.get("type") != "pmessage":
+                        continue
+                    channel = _text(message["channel"])[len(CHANNEL_PREFIX) :]
+                    try:
+                        event = json.loads(_text(message["data"]))
+                    except ValueError:
+                        logger.warning("ignoring a malformed live event on %s", channel)
+                        continue
+                    if isinstance(event, dict):
+                        self.dispatch(channel, event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # Redis went away: keep the sockets, retry with back-off
+                self._subscribed.clear()
+                self.reason = f"Redis unavailable ({type(error).__name__}); retrying"
+                logger.warning("live hub lost Redis: %s; retrying in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
