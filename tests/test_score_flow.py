@@ -123,3 +123,39 @@ def test_score_without_a_champion_writes_nothing_and_says_why(prefect_harness: N
     # The features were still published for the service.
     assert summary["feature_version"] == 1
     assert stored_predictions(settings) == []
+
+
+def test_score_announces_each_new_prediction_once(
+    prefect_harness: None, settings: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import json
+
+    import redis
+
+    for key, value in service_env(settings).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("KHALSI_REDIS_URL", redis_url)
+    get_settings.cache_clear()
+    write_bundled_lake(settings)
+    register_model(settings, train_direction_model(settings, 1), tmp_path)
+    listener = redis.Redis.from_url(redis_url).pubsub()
+    listener.psubscribe("khalsi:events:predictions:*")
+    listener.get_message(timeout=1)  # the subscription confirmation
+    try:
+        first = score(horizons=[1])
+        second = score(horizons=[1])  # nothing new: nothing announced
+        events = []
+        while (message := listener.get_message(timeout=0.5)) is not None:
+            if message["type"] == "pmessage":
+                events.append((message["channel"].decode(), json.loads(message["data"])))
+    finally:
+        listener.close()
+        get_settings.cache_clear()
+    assert first["announced"] == first["written"] > 0
+    assert "announced" not in second
+    assert len(events) == first["written"]
+    channel, event = events[0]
+    assert channel == f"khalsi:events:predictions:{event['coin_id']}"
+    assert event["type"] == "prediction"
+    assert event["timeframe"] == "1d"
+    assert 0 < event["probability_up"] < 1
