@@ -40,7 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.redis = redis_asyncio.Redis.from_url(app_settings.redis.url, password=password)
         app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(app_settings.ml_service.timeout_seconds))
         app.state.live_hub = LiveHub(app.state.redis)
-        await app.state.live_hub.start()
+        await app.state.live_hub.start(
+            session_factory=app.state.session_factory, sweep_seconds=app_settings.ws.heartbeat_interval / 1000
+        )
         try:
             yield
         finally:

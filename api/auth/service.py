@@ -133,9 +133,3 @@ async def user_for_access_token(*, session: AsyncSession, settings: JWTSettings,
     if not active:
         raise SessionRevokedError("this session was closed; log in again")
     return user, claims.session_id
-
-
-async def session_is_active(*, session: AsyncSession, session_id: uuid.UUID) -> bool:
-    """Whether a login session is still open (a long-lived WebSocket re-checks this)."""
-    active = await session.scalar(sa.select(UserSession.is_active).where(UserSession.id == session_id))
-    return bool(active)

@@ -11,15 +11,22 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import sqlalchemy as sa
+
+from khalsi.db.models import UserSession
 from khalsi.events import CHANNEL_PREFIX
 
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
 RECONNECT_MAX_SECONDS = 30.0
+SWEEP_CHUNK = 1000
+CloseSocket = Callable[[], Awaitable[None]]
 
 
 class Subscriber:
@@ -45,6 +52,8 @@ class LiveHub:
         self._redis = redis
         self._by_channel: dict[str, set[Subscriber]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sockets_by_session: dict[uuid.UUID, set[CloseSocket]] = defaultdict(set)
         self._subscribed = asyncio.Event()
         self.reason = "Redis is not configured: events from flows cannot reach this process"
 
@@ -52,9 +61,52 @@ class LiveHub:
     def live(self) -> bool:
         return self._subscribed.is_set()
 
-    async def start(self) -> None:
+    async def start(self, *, session_factory: Any | None = None, sweep_seconds: float = 30.0) -> None:
         if self._redis is not None:
             self._task = asyncio.create_task(self._pump(), name="live-hub")
+        if session_factory is not None:
+            self._sweeper = asyncio.create_task(
+                self._sweep_forever(session_factory, sweep_seconds), name="live-sweeper"
+            )
+
+    def track_session(self, session_id: uuid.UUID, close: CloseSocket) -> None:
+        self._sockets_by_session[session_id].add(close)
+
+    def untrack_session(self, session_id: uuid.UUID, close: CloseSocket) -> None:
+        closers = self._sockets_by_session.get(session_id)
+        if closers is not None:
+            closers.discard(close)
+            if not closers:
+                del self._sockets_by_session[session_id]
+
+    async def sweep_sessions(self, session_factory: Any) -> int:
+        """Close the sockets whose login session was closed (or deleted); return how many."""
+        watched = list(self._sockets_by_session)
+        open_sessions: set[uuid.UUID] = set()
+        async with session_factory() as session:
+            for start in range(0, len(watched), SWEEP_CHUNK):
+                chunk = watched[start : start + SWEEP_CHUNK]
+                rows = await session.scalars(
+                    sa.select(UserSession.id).where(UserSession.id.in_(chunk), UserSession.is_active.is_(True))
+                )
+                open_sessions.update(rows)
+        closed = 0
+        for session_id in watched:
+            if session_id in open_sessions:
+                continue
+            for close in list(self._sockets_by_session.pop(session_id, ())):
+                with contextlib.suppress(Exception):  # already gone is fine
+                    await close()
+                closed += 1
+        return closed
+
+    async def _sweep_forever(self, session_factory: Any, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.sweep_sessions(session_factory)
+            except Exception as error:  # the database blinked: sockets stay, the next sweep retries
+                logger.warning("live session sweep failed: %s", error)
 
     async def wait_until_live(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -62,10 +114,11 @@ class LiveHub:
         return self.live
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def subscribe(self, subscriber: Subscriber, channels: set[str]) -> None:
         for channel in channels:

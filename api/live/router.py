@@ -8,7 +8,8 @@ Protocol (JSON text frames):
   ``alerts`` is always the caller's own;
 - the server sends ``{"type": "ping"}`` every ``KHALSI_WS_HEARTBEAT_INTERVAL`` ms and closes the
   socket (code 4000) when no ``{"type": "pong"}`` comes back within ``KHALSI_WS_HEARTBEAT_TIMEOUT``;
-  each heartbeat also re-checks the login session, so logging out closes the socket (4401).
+  logging out closes the socket (4401) within one heartbeat interval (``LiveHub`` checks every
+  open socket's session in one query per interval).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth.exceptions import AuthError
-from api.auth.service import session_is_active, user_for_access_token
+from api.auth.service import user_for_access_token
 from api.live.hub import LiveHub, Subscriber
 from khalsi.db.models import UserSession
 from khalsi.events import PRIVATE_TOPIC, PUBLIC_TOPICS
@@ -175,10 +176,6 @@ async def live_updates(websocket: WebSocket) -> None:
     async def heartbeat() -> None:
         while True:
             await asyncio.sleep(interval)
-            async with websocket.app.state.session_factory() as session:
-                if not await session_is_active(session=session, session_id=session_id):
-                    await websocket.close(CLOSE_UNAUTHORIZED, "this session was closed; log in again")
-                    return
             pong.clear()
             await websocket.send_json({"type": "ping", "ts": time.time()})
             try:
@@ -187,6 +184,10 @@ async def live_updates(websocket: WebSocket) -> None:
                 await websocket.close(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
                 return
 
+    async def close_for_logout() -> None:
+        await websocket.close(CLOSE_UNAUTHORIZED, "this session was closed; log in again")
+
+    hub.track_session(session_id, close_for_logout)
     tasks = [asyncio.create_task(job()) for job in (read, write, heartbeat)]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -199,5 +200,6 @@ async def live_updates(websocket: WebSocket) -> None:
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
                 await task
         hub.unsubscribe(subscriber)
+        hub.untrack_session(session_id, close_for_logout)
         # Shielded: a server shutting down cancels this handler, and the row must still be cleared.
         await asyncio.shield(_set_socket(websocket, session_id, None))
