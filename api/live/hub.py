@@ -30,14 +30,14 @@ CloseSocket = Callable[[], Awaitable[None]]
 
 
 class Subscriber:
-    """One socket's mailbox."""
+    """One socket's mailbox of JSON texts (encoded once per event, not once per socket)."""
 
     def __init__(self, queue_size: int = QUEUE_SIZE) -> None:
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self.channels: set[str] = set()
         self.dropped = 0
 
-    def offer(self, event: dict[str, Any]) -> None:
+    def offer(self, event: str) -> None:
         if self.queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
                 self.queue.get_nowait()
@@ -139,8 +139,10 @@ class LiveHub:
         topic = channel.split(":", 1)[0]
         # "prices:*" follows every coin's prices; a socket on both hears each event once.
         listeners = self._by_channel.get(channel, set()) | self._by_channel.get(f"{topic}:*", set())
-        for subscriber in listeners:
-            subscriber.offer({**event, "channel": channel})
+        if listeners:
+            text = json.dumps({**event, "channel": channel}, default=str)
+            for subscriber in listeners:
+                subscriber.offer(text)
         return len(listeners)
 
     async def _pump(self) -> None:

@@ -167,11 +167,11 @@ async def live_updates(websocket: WebSocket) -> None:
 
     async def write() -> None:
         while True:
-            event = await subscriber.queue.get()
+            text = await subscriber.queue.get()
             if subscriber.dropped:
                 await websocket.send_json({"type": "lagged", "dropped": subscriber.dropped})
                 subscriber.dropped = 0
-            await websocket.send_json(event)
+            await websocket.send_text(text)
 
     async def heartbeat() -> None:
         while True:

@@ -1,0 +1,225 @@
+"""Live-update figures: thousands of concurrent WebSockets on one API process, one event fanned out.
+
+Run: ``.venv/bin/python benchmarks/bench_live.py [--sockets 1000 5000 10000 --events 5]``.
+
+Needs the machine's PostgreSQL and Redis (as the tests do). It creates a throw-away database,
+starts ``uvicorn api.main:create_app`` (one worker, no access log) against it, logs one user in, and
+then, for each socket count: a separate load process opens that many authenticated sockets
+(``Authorization`` header), subscribes each to ``prices:bitcoin``, and records when every socket
+receives each of ``--events`` price events published through Redis (as the ingest flow does).
+
+Prints, per level: time to open and subscribe all sockets, delivery latency from publish to
+receipt over all sockets (p50 / p99 / max), sockets that missed an event, and the API process's
+resident memory. Asserts nothing: a shared 2-core machine is noisy, and the load process shares
+the cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+PG_ADMIN_URL = os.environ.get("KHALSI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("KHALSI_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+CHANNEL = "prices:bitcoin"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _hold_sockets(url: str, token: str, count: int, events: int, ready: Any, results: Any) -> None:
+    import aiohttp
+
+    received: list[list[float]] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        gate = asyncio.Semaphore(200)  # open in waves: a connect storm measures the listen backlog
+
+        async def one() -> Any:
+            nonlocal errors
+            async with gate:
+                try:
+                    ws = await session.ws_connect(url, headers={"Authorization": f"Bearer {token}"}, heartbeat=None)
+                    await ws.receive_json()  # welcome
+                    await ws.send_json({"type": "subscribe", "channels": [CHANNEL]})
+                    await ws.receive_json()  # subscribed
+                    return ws
+                except Exception:
+                    errors += 1
+                    return None
+
+        started = time.perf_counter()
+        sockets = [ws for ws in await asyncio.gather(*(one() for _ in range(count))) if ws is not None]
+        opened_seconds = time.perf_counter() - started
+
+        async def listen(ws: Any) -> None:
+            times: list[float] = []
+            while len(times) < events:
+                try:
+                    message = await asyncio.wait_for(ws.receive(), 30)
+                except TimeoutError:
+                    break
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                event = json.loads(message.data)
+                if event.get("type") == "ping":
+                    await ws.send_json({"type": "pong"})
+                elif event.get("type") == "price":
+                    times.append(time.time() - float(event["sent_at"]))
+            received.append(times)
+
+        listeners = [asyncio.create_task(listen(ws)) for ws in sockets]
+        ready.set()
+        await asyncio.gather(*listeners)
+        for ws in sockets:
+            await ws.close()
+    latencies = [t for times in received for t in times]
+    missed = sum(events - len(times) for times in received)
+    results.put(
+        {
+            "opened": len(sockets),
+            "errors": errors,
+            "opened_seconds": opened_seconds,
+            "latencies": latencies,
+            "missed": missed,
+        }
+    )
+
+
+def load_process(url: str, token: str, count: int, events: int, ready: Any, results: Any) -> None:
+    asyncio.run(_hold_sockets(url, token, count, events, ready, results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sockets", type=int, nargs="+", default=[1000, 5000, 10000])
+    parser.add_argument("--events", type=int, default=5)
+    args = parser.parse_args()
+
+    import httpx
+    import redis
+    import sqlalchemy as sa
+
+    from khalsi.db.engine import create_sync_engine
+    from khalsi.db.migrate import upgrade
+    from khalsi.events import publish_events
+    from khalsi.settings import Settings
+
+    database = f"khalsi_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{database}"')
+    database_url = sa.engine.make_url(PG_ADMIN_URL).set(database=database).render_as_string(hide_password=False)
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    home = Path(tempfile.mkdtemp(prefix="khalsi-bench-live-"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "KHALSI_HOME": str(home),
+        "KHALSI_DATABASE_URL": database_url,
+        "KHALSI_REDIS_URL": REDIS_URL,
+        "KHALSI_RATE_LIMIT_AUTH_MAX": "1000",
+        "KHALSI_RATE_LIMIT_MAX": "1000000",
+    }
+    settings = Settings(_env_file=None, home=home, database={"url": database_url}, redis={"url": REDIS_URL})  # type: ignore[call-arg,arg-type]
+    engine = create_sync_engine(settings)
+    upgrade(engine)
+    engine.dispose()
+    server = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code in (200, 503):
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        email = "bench@example.com"
+        httpx.post(
+            f"{base}/api/v1/auth/register", json={"email": email, "password": "benchmark password"}
+        ).raise_for_status()
+        login = httpx.post(f"{base}/api/v1/auth/login", json={"email": email, "password": "benchmark password"})
+        token = login.raise_for_status().json()["access_token"]
+        print(f"API pid {server.pid}, idle RSS {rss_mb(server.pid):.0f} MB")
+        print(
+            f"{'sockets':>8} {'opened':>7} {'errors':>6} {'open s':>7} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'max ms':>8} {'missed':>7} {'API RSS MB':>10}"
+        )
+        context = mp.get_context("spawn")
+        for count in args.sockets:
+            ready, results = context.Event(), context.Queue()
+            loader = context.Process(
+                target=load_process,
+                args=(f"ws://127.0.0.1:{port}/api/v1/ws", token, count, args.events, ready, results),
+            )
+            loader.start()
+            ready.wait(timeout=600)
+            time.sleep(1.0)  # let every socket settle into its read loop
+            memory = rss_mb(server.pid)
+            for _ in range(args.events):
+                publish_events(
+                    settings, [(CHANNEL, {"type": "price", "coin_id": "bitcoin", "price": 1.0, "sent_at": time.time()})]
+                )
+                time.sleep(1.0)
+            outcome = results.get(timeout=600)
+            loader.join(timeout=60)
+            latencies = np.array(outcome["latencies"]) * 1000 if outcome["latencies"] else np.array([np.nan])
+            print(
+                f"{count:>8} {outcome['opened']:>7} {outcome['errors']:>6} {outcome['opened_seconds']:>7.1f} "
+                f"{np.percentile(latencies, 50):>8.1f} {np.percentile(latencies, 99):>8.1f} {np.max(latencies):>8.1f} "
+                f"{outcome['missed']:>7} {memory:>10.0f}"
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
