@@ -168,3 +168,17 @@ def test_token_lifetimes_are_validated() -> None:
             parse_lifetime(bad)
     with pytest.raises(ValidationError, match="not a lifetime"):
         Settings(_env_file=None, jwt={"expires_in": "forever"})  # type: ignore[call-arg,arg-type]
+
+
+def test_the_whole_account_cycle_runs_on_the_embedded_sqlite_default(settings: Settings, engine: sa.Engine) -> None:
+    """``make run`` has no PostgreSQL and no Redis: accounts, tokens and limits still work."""
+    from api.main import create_app
+
+    with TestClient(create_app(settings)) as client:
+        user, headers = signed_up(client)
+        assert client.get(f"{API}/users/me", headers=headers).json()["email"] == user["email"]
+        tokens = login(client, email=user["email"])
+        rotated = client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+        assert rotated.status_code == 200
+        assert rotated.headers["x-ratelimit-store"] == "memory"
+        assert client.post(f"{API}/auth/logout", headers=bearer(rotated.json())).status_code == 204
