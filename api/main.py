@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api.alerts.router import router as alerts_router
 from api.auth.router import router as auth_router
+from api.errors import install_error_handlers
 from api.health.router import router as health_router
 from api.live.hub import LiveHub
 from api.live.router import router as live_router
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="Khalsi API", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
     app.include_router(health_router)
     # The product API lives under /api/<version> (the seed's API_VERSION); /health stays at the root.
     api_prefix = f"/api/{app_settings.api_version}"

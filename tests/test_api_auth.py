@@ -182,3 +182,14 @@ def test_the_whole_account_cycle_runs_on_the_embedded_sqlite_default(settings: S
         assert rotated.status_code == 200
         assert rotated.headers["x-ratelimit-store"] == "memory"
         assert client.post(f"{API}/auth/logout", headers=bearer(rotated.json())).status_code == 204
+
+
+def test_a_bare_nan_in_a_body_is_a_422_not_a_500(api_client: TestClient) -> None:
+    _, headers = signed_up(api_client)
+    response = api_client.patch(
+        f"{API}/users/me",
+        content=b'{"username": NaN, "preferences": {"limit": Infinity}}',
+        headers={**headers, "content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["input"] == "nan"
