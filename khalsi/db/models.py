@@ -272,3 +272,36 @@ class QuarantinedBatch(Base):
     payload_path: Mapped[str] = mapped_column(sa.String(500))
     row_count: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=_now, server_default=sa.func.now())
+
+
+class Notification(Base):
+    """One delivery of an alert's firing to one channel: what was sent, where, and how it went.
+
+    A row is written ``pending`` in the same transaction that marks the alert triggered, so a firing
+    is never lost: a failed or interrupted delivery stays visible (``failed`` with its error, or a
+    stale ``pending`` that the next evaluation picks up) and can be retried.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        # The owner's inbox, newest first.
+        sa.Index("ix_notifications_user_id_created_at", "user_id", "created_at"),
+        # The evaluation's sweep for pending deliveries left behind by an interrupted run.
+        sa.Index("ix_notifications_status_updated_at", "status", "updated_at"),
+        sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
+        sa.CheckConstraint("channel IN ('email', 'webhook')", name="channel"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    # Deleting an alert keeps the history of what it sent.
+    alert_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("user_alerts.id", ondelete="SET NULL"), index=True)
+    channel: Mapped[str] = mapped_column(sa.String(20))
+    target: Mapped[str] = mapped_column(sa.String(2048))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(sa.String(20), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=_now, server_default=sa.func.now())
+    updated_at: Mapped[datetime] = mapped_column(default=_now, server_default=sa.func.now())
+    sent_at: Mapped[datetime | None]
