@@ -13,10 +13,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
+from api.clock import PlatformNow
 from api.deps import SessionDep, SettingsDep
 from api.market import service
 from api.market.cache import CACHE_HEADER, CacheDep, CacheStatus
-from api.market.clock import PlatformNow
 from api.market.exceptions import AmbiguousSymbolError, MarketError
 from api.market.schemas import (
     DEFAULT_HISTORY_LIMIT,

@@ -7,11 +7,12 @@ quantity). Money, quantities and percentages are decimal strings (see :mod:`api.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
+from api.clock import PlatformNow
 from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.portfolios import service
 from api.portfolios.deps import OwnedPosition
@@ -114,8 +115,7 @@ def _holding(
     )
 
 
-async def _valued_position(session: SessionDep, settings: Settings, position: Lot) -> PositionPublic:
-    now = await service.platform_now(settings)
+async def _valued_position(session: SessionDep, settings: Settings, position: Lot, now: datetime) -> PositionPublic:
     valued = await service.value_positions(
         session=session, positions=[position], now=now, max_price_age=_max_price_age(settings)
     )
@@ -127,6 +127,7 @@ async def read_portfolio(
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
+    now: PlatformNow,
     predictions: Annotated[bool, Query(description="attach each holding's latest 1d/7d prediction")] = True,
 ) -> PortfolioPublic:
     """Every position valued at its coin's latest stored price, the holdings per coin, and totals.
@@ -134,7 +135,6 @@ async def read_portfolio(
     A position without a usable price is listed with null values and a ``price_status`` saying why;
     totals then cover the priced positions (``totals.complete`` is false).
     """
-    now = await service.platform_now(settings)
     positions = await service.list_positions(session=session, user_id=user.id)
     valued = await service.value_positions(
         session=session,
@@ -174,11 +174,11 @@ async def add_position(
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
+    now: PlatformNow,
     request: Request,
     response: Response,
 ) -> PositionPublic:
     """Record a buy as a new position (a second buy of a coin is a separate lot, never merged)."""
-    now = await service.platform_now(settings)
     try:
         position, _coin = await service.create_position(
             session=session, user_id=user.id, position_in=position_in, now=now
@@ -188,13 +188,15 @@ async def add_position(
     except PositionLimitReachedError as error:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from error
     response.headers["Location"] = str(request.app.url_path_for("read_position", position_id=str(position.id)))
-    return await _valued_position(session, settings, position)
+    return await _valued_position(session, settings, position, now)
 
 
 @router.get("/positions/{position_id}")
-async def read_position(position: OwnedPosition, session: SessionDep, settings: SettingsDep) -> PositionPublic:
+async def read_position(
+    position: OwnedPosition, session: SessionDep, settings: SettingsDep, now: PlatformNow
+) -> PositionPublic:
     """One of the caller's positions, valued (404 for an unknown id or someone else's)."""
-    return await _valued_position(session, settings, position)
+    return await _valued_position(session, settings, position, now)
 
 
 @router.patch("/positions/{position_id}")
@@ -204,9 +206,9 @@ async def update_position(
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
+    now: PlatformNow,
 ) -> PositionPublic:
     """Change the quantity, average price or entry date of one of the caller's positions."""
-    now = await service.platform_now(settings)
     try:
         updated = await service.update_position(
             session=session, user_id=user.id, position=position, position_in=position_in, now=now
@@ -215,7 +217,7 @@ async def update_position(
         raise _invalid(error) from error
     if updated is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="position not found")
-    return await _valued_position(session, settings, updated)
+    return await _valued_position(session, settings, updated, now)
 
 
 @router.delete("/positions/{position_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -76,19 +75,6 @@ _EXACT = ExactDecimal()
 _QUANTITY = sa.type_coerce(Portfolio.quantity, _EXACT).label("quantity")
 _AVG_PRICE = sa.type_coerce(Portfolio.avg_price, _EXACT).label("avg_price")
 _LOT_COLUMNS = (Portfolio.id, Portfolio.symbol, _QUANTITY, _AVG_PRICE, Portfolio.entry_date)
-
-
-def _platform_now_blocking(settings: Settings) -> datetime:
-    # Imported here: the clock module pulls in the ingestion stack (polars), which the rest of the
-    # API never needs, and its first call reads the bundled history's last date from disk.
-    from khalsi.ingest.sources import source_clock
-
-    return source_clock(settings)()
-
-
-async def platform_now(settings: Settings) -> datetime:
-    """The platform's current instant (UTC), computed off the event loop."""
-    return await asyncio.to_thread(_platform_now_blocking, settings)
 
 
 def prediction_timeframes(settings: Settings) -> list[str]:

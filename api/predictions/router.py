@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 
+from api.clock import PlatformNow
 from api.deps import CurrentUser, SessionDep
-from api.market.clock import PlatformNow
 from api.predictions import service
 from api.predictions.client import MLClientDep, ml_client_lifespan
 from api.predictions.exceptions import (
