@@ -1,6 +1,7 @@
 """Prefect flow ``platform_pipeline``: the stages chained, passing ids and summaries, never frames.
 
-ingest market → ingest social → train each horizon (promote or not) → score every coin and horizon.
+ingest market → ingest social → train each horizon (promote or not) → score every coin and horizon
+→ evaluate the users' alerts against the new prices and predictions.
 The training and scoring flows are synchronous (CPU-bound); they run in a worker thread as
 subflows so this flow's event loop stays free.
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.alerts import evaluate_alerts
 from flows.ingest_market import ingest_market
 from flows.ingest_social import ingest_social
 from flows.score import score
@@ -51,4 +53,5 @@ async def platform_pipeline(
             runs[f"{horizon}d"] = await asyncio.to_thread(train, horizon=horizon, validation=reference)
             logger.info("trained %dd: MLflow run %s", horizon, runs[f"{horizon}d"])
     scored = await asyncio.to_thread(score, horizons=horizons)
-    return {"market": market, "social": social, "training_runs": runs, "score": scored}
+    alerts = await evaluate_alerts()
+    return {"market": market, "social": social, "training_runs": runs, "score": scored, "alerts": alerts}

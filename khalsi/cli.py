@@ -24,14 +24,16 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(replay_app, name="replay")
 
 
-def _mount_training() -> None:
-    # train / evaluate / experiments compare live with the training code; typer merges them here.
+def _mount_domain_commands() -> None:
+    # Commands live beside the code they drive; typer merges them here.
+    from api.alerts.cli import alerts_app
     from training.cli import training_app
 
-    app.add_typer(training_app)
+    app.add_typer(training_app)  # train / evaluate / experiments compare
+    app.add_typer(alerts_app, name="alerts")  # alerts evaluate
 
 
-_mount_training()
+_mount_domain_commands()
 
 console = Console()
 REPO_ROOT = Path(__file__).resolve().parent.parent

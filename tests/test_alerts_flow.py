@@ -384,7 +384,12 @@ async def test_the_flow_evaluates_with_the_configured_services(
     pg_settings: Settings,
     servers: tuple[Mailbox, WebhookReceiver],
     monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
 ) -> None:
+    import json
+
+    import redis
+
     from flows.alerts import evaluate_alerts as evaluate_alerts_flow
     from khalsi.settings import get_settings
     from tests.factories import isolated_khalsi_env
@@ -402,7 +407,11 @@ async def test_the_flow_evaluates_with_the_configured_services(
         SMTP_SENDER=SENDER,
         SMTP_USE_TLS="false",
         WEBHOOKS_ALLOW_PRIVATE_TARGETS="true",
+        REDIS_URL=redis_url,
     )
+    listener = redis.Redis.from_url(redis_url).pubsub()
+    listener.psubscribe("khalsi:events:alerts:*")
+    listener.get_message(timeout=1)  # the subscription confirmation
     try:
         settings = get_settings()
         assert settings.smtp.port == mailbox.port
@@ -434,6 +443,15 @@ async def test_the_flow_evaluates_with_the_configured_services(
     assert second["triggered"] == 0
     assert [m.rcpt_tos for m in mailbox.messages] == [[email]]
     assert len(hooks.received("/flow")) == 1
+    # The owner's open WebSockets hear of the firing too, once, on their private channel.
+    live = []
+    while (message := listener.get_message(timeout=0.5)) is not None:
+        if message["type"] == "pmessage":
+            live.append((message["channel"].decode(), json.loads(message["data"])))
+    listener.close()
+    assert [channel for channel, _ in live] == [f"khalsi:events:alerts:{user_id}"]
+    assert live[0][1]["type"] == "alert"
+    assert live[0][1]["subject"].startswith("Khalsi alert: BTC price above")
 
 
 def test_the_cli_command_runs_the_flow_and_prints_its_counts(

@@ -46,6 +46,9 @@ async def test_pipeline_ingests_then_publishes_features_and_scores_without_a_cha
     assert scored["errors"]
     assert count_rows(engine, Prediction) == 0
     assert result["training_runs"] == {}
+    # The alerts stage ran last, on the new data (no user has an alert yet).
+    assert result["alerts"]["checked"] == 0
+    assert result["alerts"]["triggered"] == 0
 
 
 def test_validation_reference_names_every_batch_it_depended_on() -> None:

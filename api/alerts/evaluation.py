@@ -49,6 +49,7 @@ from api.alerts.rules import (
 )
 from api.notifications import service as notifications
 from khalsi.db.models import Coin, MarketData, Notification, Prediction, User, UserAlert
+from khalsi.events import PRIVATE_TOPIC, channel_name, publish_events
 from khalsi.notify import DEFAULT_POLICY, Message, Notifier, RetryPolicy
 from khalsi.settings import Settings
 
@@ -74,10 +75,13 @@ class EvaluationSummary:
     already_claimed: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     ops_notified: bool = False
+    # Each firing as a live event for its owner's WebSockets: (channel, payload).
+    live_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         summary = asdict(self)
         summary["skipped"] = dict(self.skipped)
+        summary.pop("live_events")
         return summary
 
 
@@ -447,6 +451,7 @@ async def _evaluate_one(
         return []
     summary.triggered += 1
     summary.notifications += len(ids)
+    summary.live_events.append((channel_name(PRIVATE_TOPIC, str(alert.user_id)), {"type": "alert", **payload}))
     return ids
 
 
@@ -461,12 +466,15 @@ async def run_evaluation(
     try:
         async with httpx.AsyncClient() as http:
             notifier = Notifier(smtp=settings.smtp, webhooks=settings.webhooks, http=http, policy=policy)
-            return await evaluate_alerts(
+            summary = await evaluate_alerts(
                 session_factory=async_session_factory(engine),
                 notifier=notifier,
                 data_now=data_now or source_clock(settings)(),
                 max_data_age=timedelta(hours=settings.serving.max_feature_age_hours),
                 currency=settings.coingecko.vs_currency.upper(),
             )
+        # Best effort, after the firings are stored: the owner's open sockets hear about them at once.
+        await asyncio.to_thread(publish_events, settings, summary.live_events)
+        return summary
     finally:
         await engine.dispose()
