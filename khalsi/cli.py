@@ -27,10 +27,12 @@ app.add_typer(replay_app, name="replay")
 def _mount_domain_commands() -> None:
     # Commands live beside the code they drive; typer merges them here.
     from api.alerts.cli import alerts_app
+    from flows.ops_cli import ops_app
     from training.cli import training_app
 
     app.add_typer(training_app)  # train / evaluate / experiments compare
     app.add_typer(alerts_app, name="alerts")  # alerts evaluate
+    app.add_typer(ops_app, name="ops")  # ops drift / deployments / serve / deploy
 
 
 _mount_domain_commands()

@@ -54,7 +54,10 @@ async def create_alert(*, session: AsyncSession, user_id: uuid.UUID, alert_in: A
 
 async def get_alert(*, session: AsyncSession, user_id: uuid.UUID, alert_id: uuid.UUID) -> UserAlert | None:
     """The alert if it exists and belongs to ``user_id`` (None otherwise: ids of others do not leak)."""
-    return await session.scalar(sa.select(UserAlert).where(UserAlert.id == alert_id, UserAlert.user_id == user_id))
+    alert: UserAlert | None = await session.scalar(
+        sa.select(UserAlert).where(UserAlert.id == alert_id, UserAlert.user_id == user_id)
+    )
+    return alert
 
 
 async def list_alerts(

@@ -27,7 +27,8 @@ def normalise_email(email: str) -> str:
 
 
 async def get_user_by_email(*, session: AsyncSession, email: str) -> User | None:
-    return await session.scalar(sa.select(User).where(User.email == normalise_email(email)))
+    user: User | None = await session.scalar(sa.select(User).where(User.email == normalise_email(email)))
+    return user
 
 
 async def create_user(*, session: AsyncSession, user_in: UserCreate, role: str = "user") -> User:

@@ -50,9 +50,10 @@ async def get_notification(
     *, session: AsyncSession, user_id: uuid.UUID, notification_id: uuid.UUID
 ) -> Notification | None:
     """The notification if it exists and belongs to ``user_id``."""
-    return await session.scalar(
+    notification: Notification | None = await session.scalar(
         sa.select(Notification).where(Notification.id == notification_id, Notification.user_id == user_id)
     )
+    return notification
 
 
 async def claim_for_retry(*, session: AsyncSession, notification: Notification, now: datetime) -> Notification:

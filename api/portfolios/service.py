@@ -92,7 +92,7 @@ def _utc_or_none(value: datetime | None) -> datetime | None:
     return _utc(value) if value is not None else None
 
 
-def _lot(row: sa.Row[uuid.UUID, str, Decimal, Decimal, datetime]) -> Lot:
+def _lot(row: sa.Row[tuple[uuid.UUID, str, Decimal, Decimal, datetime]]) -> Lot:
     return Lot(
         id=row.id,
         symbol=row.symbol,
