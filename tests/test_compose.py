@@ -27,6 +27,7 @@ NEEDS = {
     "bentoml": {"mlflow"},
     "api": {"postgres", "redis", "bentoml"},
     "nginx": {"api"},
+    "deploy-flows": {"prefect-server", "migrate"},
 }
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::?(?P<op>[-?])(?P<arg>[^}]*))?\}")
 STAND_IN = "a-real-production-value-of-forty-characters"
@@ -136,6 +137,10 @@ def test_services_wait_for_what_they_need_to_be_healthy(services: dict[str, dict
         assert isinstance(depends, dict), f"{name}: depends_on needs conditions, not a bare list"
         for dependency, rule in depends.items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
+            if rule == {"condition": "service_completed_successfully"}:
+                # Only one-shot jobs (migrations, registrations) are waited on by their exit code.
+                assert services[dependency].get("restart") == "no", f"{name} -> {dependency} is not a one-shot job"
+                continue
             assert rule == {"condition": "service_healthy"}, f"{name} -> {dependency}"
             assert services[dependency].get("healthcheck"), f"{name} waits on {dependency}, which has no healthcheck"
     for name, needed in NEEDS.items():
