@@ -145,9 +145,11 @@ class RateLimiter:
         window_index = int(moment // self.window_seconds)
         elapsed = moment - window_index * self.window_seconds
         key = f"{bucket}:{client}"
+        counts: tuple[bool, int, int] | None = None
+        store = "redis"
         if redis is not None:
             try:
-                allowed, current, previous = await asyncio.wait_for(
+                counts = await asyncio.wait_for(
                     self._redis_hit(redis, key, window_index, limit, elapsed), REDIS_TIMEOUT_SECONDS
                 )
             except Exception as error:  # Redis down or slow: degrade to per-process limits, visibly
@@ -156,18 +158,12 @@ class RateLimiter:
                 self._redis_failing = True
             else:
                 self._redis_failing = False
-                return _verdict(
-                    allowed,
-                    limit=limit,
-                    window=self.window_seconds,
-                    elapsed=elapsed,
-                    current=current,
-                    previous=previous,
-                    store="redis",
-                )
-        allowed, current, previous = self.memory.hit(
-            key, window_index=window_index, limit=limit, window=self.window_seconds, elapsed=elapsed
-        )
+        if counts is None:
+            store = "memory"
+            counts = self.memory.hit(
+                key, window_index=window_index, limit=limit, window=self.window_seconds, elapsed=elapsed
+            )
+        allowed, current, previous = counts
         return _verdict(
             allowed,
             limit=limit,
@@ -175,7 +171,7 @@ class RateLimiter:
             elapsed=elapsed,
             current=current,
             previous=previous,
-            store="memory",
+            store=store,
         )
 
     async def _redis_hit(
