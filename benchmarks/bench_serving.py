@@ -328,6 +328,8 @@ def run_load(
 
 
 def main() -> None:
+    from khalsi.runtime import stop_process
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each load case")
     parser.add_argument("--max-requests", type=int, default=50_000, help="cap on requests per load case")
@@ -375,12 +377,7 @@ def main() -> None:
             ]
             rss_loaded = tree_rss_mb(process.pid)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
         print(f"\nbentoml serve: ready in {startup:.1f} s; RSS {rss_idle:.0f} MB idle, {rss_loaded:.0f} MB after load "
               "(CLI + worker processes)")  # fmt: skip

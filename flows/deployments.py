@@ -35,6 +35,7 @@ from uuid import UUID
 
 import httpx
 
+from khalsi.runtime import stop_process
 from khalsi.settings import Settings
 
 if TYPE_CHECKING:
@@ -215,12 +216,7 @@ def local_prefect_server(
             time.sleep(1.0)
         yield api_url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        stop_process(server)
 
 
 def describe(deployment: RunnerDeployment) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+from typing import Any
 
 from khalsi.settings import Settings
 
@@ -34,3 +36,13 @@ def configure_runtime(settings: Settings) -> None:
             "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
         )
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def stop_process(process: subprocess.Popen[Any], *, grace_seconds: float = 30.0) -> None:
+    """Ask a child process to stop (SIGTERM), and kill it if it has not within the grace period."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)

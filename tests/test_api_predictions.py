@@ -32,6 +32,7 @@ from api.predictions.client import ML_CLIENT_STATE, MLServiceClient
 from api.predictions.schemas import MAX_BATCH_ITEMS
 from khalsi.db.engine import create_sync_engine, session_scope
 from khalsi.db.models import Prediction
+from khalsi.runtime import stop_process
 from khalsi.settings import MLServiceSettings, Settings
 from serving.feature_store import publish_latest_features
 from tests.api_helpers import API, signed_up
@@ -86,12 +87,7 @@ def ml_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             assert ready, log_path.read_text(errors="replace")[-4000:]
             yield {"url": url, "version": version}
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def with_ml_service(settings: Settings, url: str, *, timeout_seconds: float = 2.0) -> Settings:

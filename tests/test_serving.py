@@ -28,6 +28,7 @@ import xgboost as xgb
 from features import FEATURE_COLUMNS, load_feature_frame
 from features.bundled import bundled_fear_greed_frame, bundled_market_frame, bundled_social_daily_frame
 from khalsi import lake
+from khalsi.runtime import stop_process
 from khalsi.settings import ServingSettings, Settings, get_settings
 from serving.feature_store import FeatureSnapshot, FileFeatureStore, publish_latest_features, read_feature_snapshot
 from serving.model_loader import ServingRuntime, champion_versions, load_champion, model_name
@@ -542,10 +543,5 @@ def test_bentoml_serve_process_answers_over_http(served: dict[str, Any], tmp_pat
         assert metrics.status_code == 200
         assert "bentoml_service_request_duration_seconds" in metrics.text
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
