@@ -24,11 +24,9 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PG_ADMIN_URL = os.environ.get("KHALSI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("KHALSI_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 COINS = ["bitcoin", "ethereum", "solana", "ripple", "dogecoin", "binancecoin", "sui", "aptos"]
 
@@ -107,91 +104,58 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
     args = parser.parse_args()
 
-    import httpx
-    import redis
     import sqlalchemy as sa
+    from api_server import access_token, running_api
     from bench_serving import build_home, free_port, start_server, tree_rss_mb
 
-    from khalsi.db.engine import create_sync_engine
-    from khalsi.db.migrate import upgrade
     from khalsi.runtime import stop_process
-    from khalsi.settings import Settings
 
     home = Path(tempfile.mkdtemp(prefix="khalsi-bench-api-"))
     print("setting up (bundled lake, online vectors, a champion per horizon)...", flush=True)
     build_home(home, trees=200, depth=6)
-    bento_port, api_port = free_port(), free_port()
+    bento_port = free_port()
     bento, _ = start_server(home, bento_port, home / "bentoml.log")
-    database = f"khalsi_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{database}"')
-    database_url = sa.engine.make_url(PG_ADMIN_URL).set(database=database).render_as_string(hide_password=False)
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    api: subprocess.Popen[bytes] | None = None
+    env = {
+        "KHALSI_ENVIRONMENT": "test",
+        "KHALSI_ML_SERVICE_URL": f"http://127.0.0.1:{bento_port}",
+        "KHALSI_RATE_LIMIT_MAX": "10000000",
+    }
     try:
-        settings = Settings(_env_file=None, home=home, database={"url": database_url})  # type: ignore[call-arg,arg-type]
-        engine = create_sync_engine(settings)
-        upgrade(engine)
-        with engine.begin() as connection:  # the coins ingestion would have registered
-            for coin in COINS:
-                connection.execute(
-                    sa.text("INSERT INTO coins (coin_id, symbol, name) VALUES (:c, :c, :c) ON CONFLICT DO NOTHING"),
-                    {"c": coin},
-                )
-        engine.dispose()
-        env = {
-            **os.environ,
-            "KHALSI_HOME": str(home),
-            "KHALSI_ENVIRONMENT": "test",
-            "KHALSI_DATABASE_URL": database_url,
-            "KHALSI_REDIS_URL": REDIS_URL,
-            "KHALSI_ML_SERVICE_URL": f"http://127.0.0.1:{bento_port}",
-            "KHALSI_RATE_LIMIT_MAX": "10000000",
-        }
-        command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(api_port),
-                   "--no-access-log", "--log-level", "warning"]  # fmt: skip
-        api = subprocess.Popen(command, cwd=REPO_ROOT, env=env)  # noqa: S603 - our interpreter, our module
-        base = f"http://127.0.0.1:{api_port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code in (200, 503):
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        account = {"email": "bench@example.com", "password": "benchmark password"}
-        httpx.post(f"{base}/api/v1/auth/register", json=account).raise_for_status()
-        token = httpx.post(f"{base}/api/v1/auth/login", json=account).raise_for_status().json()["access_token"]
-        single: list[Request] = [("GET", f"/api/v1/predictions/{coin}?horizon=1d", None) for coin in COINS]
-        batches: list[Request] = [
-            ("POST", "/api/v1/predictions/batch", {"items": batch_items(i, 4)}) for i in range(len(COINS))
-        ]
-        cases: list[tuple[str, list[Request]]] = [
-            ("predictions, 1 coin", single),
-            ("predictions batch, 4", batches),
-            ("market coins (cached)", [("GET", "/api/v1/market/coins", None)]),
-            # Token, session lookup and rate limit alone: what every signed-in call pays before its own work.
-            ("users/me (auth only)", [("GET", "/api/v1/users/me", None)]),
-        ]
-        print(f"\n{'case':<24} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7}  statuses")
-        for name, requests in cases:
-            for clients in args.clients:
-                result = run_case(base, token, requests, clients, args.seconds)
-                latencies = np.array(result["latencies"])
-                print(
-                    f"{name:<24} {clients:>7} {len(latencies) / result['seconds']:>7.0f} "
-                    f"{np.percentile(latencies, 50):>7.1f} {np.percentile(latencies, 99):>7.1f} "
-                    f"{np.percentile(latencies, 99.9):>7.1f}  {result['statuses']}",
-                    flush=True,
-                )
-        print(f"\nAPI RSS {tree_rss_mb(api.pid):.0f} MB; BentoML RSS {tree_rss_mb(bento.pid):.0f} MB")
+        with running_api(home, redis_url=REDIS_URL, env=env, uvicorn_args=[]) as api:
+            engine = sa.create_engine(api.database_url)
+            with engine.begin() as connection:  # the coins ingestion would have registered
+                for coin in COINS:
+                    connection.execute(
+                        sa.text("INSERT INTO coins (coin_id, symbol, name) VALUES (:c, :c, :c) ON CONFLICT DO NOTHING"),
+                        {"c": coin},
+                    )
+            engine.dispose()
+            token = access_token(api.base_url)
+            single: list[Request] = [("GET", f"/api/v1/predictions/{coin}?horizon=1d", None) for coin in COINS]
+            batches: list[Request] = [
+                ("POST", "/api/v1/predictions/batch", {"items": batch_items(i, 4)}) for i in range(len(COINS))
+            ]
+            cases: list[tuple[str, list[Request]]] = [
+                ("predictions, 1 coin", single),
+                ("predictions batch, 4", batches),
+                ("market coins (cached)", [("GET", "/api/v1/market/coins", None)]),
+                # Token, session lookup and rate limit alone: what every signed-in call pays first.
+                ("users/me (auth only)", [("GET", "/api/v1/users/me", None)]),
+            ]
+            print(f"\n{'case':<24} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7}  statuses")
+            for name, requests in cases:
+                for clients in args.clients:
+                    result = run_case(api.base_url, token, requests, clients, args.seconds)
+                    latencies = np.array(result["latencies"])
+                    print(
+                        f"{name:<24} {clients:>7} {len(latencies) / result['seconds']:>7.0f} "
+                        f"{np.percentile(latencies, 50):>7.1f} {np.percentile(latencies, 99):>7.1f} "
+                        f"{np.percentile(latencies, 99.9):>7.1f}  {result['statuses']}",
+                        flush=True,
+                    )
+            print(f"\nAPI RSS {tree_rss_mb(api.pid):.0f} MB; BentoML RSS {tree_rss_mb(bento.pid):.0f} MB")
     finally:
-        if api is not None:
-            stop_process(api)
         stop_process(bento)
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -21,12 +21,9 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +32,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-PG_ADMIN_URL = os.environ.get("KHALSI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("KHALSI_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 CHANNEL = "prices:bitcoin"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:
@@ -127,69 +117,18 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5)
     args = parser.parse_args()
 
-    import httpx
-    import redis
-    import sqlalchemy as sa
+    from api_server import access_token, running_api
 
-    from khalsi.db.engine import create_sync_engine
-    from khalsi.db.migrate import upgrade
     from khalsi.events import publish_events
-    from khalsi.runtime import stop_process
     from khalsi.settings import Settings
 
-    database = f"khalsi_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{database}"')
-    database_url = sa.engine.make_url(PG_ADMIN_URL).set(database=database).render_as_string(hide_password=False)
-    redis.Redis.from_url(REDIS_URL).flushdb()
     home = Path(tempfile.mkdtemp(prefix="khalsi-bench-live-"))
-    port = free_port()
-    env = {
-        **os.environ,
-        "KHALSI_HOME": str(home),
-        "KHALSI_DATABASE_URL": database_url,
-        "KHALSI_REDIS_URL": REDIS_URL,
-        "KHALSI_RATE_LIMIT_AUTH_MAX": "1000",
-        "KHALSI_RATE_LIMIT_MAX": "1000000",
-    }
-    settings = Settings(_env_file=None, home=home, database={"url": database_url}, redis={"url": REDIS_URL})  # type: ignore[call-arg,arg-type]
-    engine = create_sync_engine(settings)
-    upgrade(engine)
-    engine.dispose()
-    server = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--backlog",
-            "4096",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code in (200, 503):
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        email = "bench@example.com"
-        httpx.post(
-            f"{base}/api/v1/auth/register", json={"email": email, "password": "benchmark password"}
-        ).raise_for_status()
-        login = httpx.post(f"{base}/api/v1/auth/login", json={"email": email, "password": "benchmark password"})
-        token = login.raise_for_status().json()["access_token"]
-        print(f"API pid {server.pid}, idle RSS {rss_mb(server.pid):.0f} MB")
+    env = {"KHALSI_RATE_LIMIT_AUTH_MAX": "1000", "KHALSI_RATE_LIMIT_MAX": "1000000"}
+    settings = Settings(_env_file=None, home=home, redis={"url": REDIS_URL})  # type: ignore[call-arg,arg-type]
+    with running_api(home, redis_url=REDIS_URL, env=env, uvicorn_args=["--backlog", "4096"]) as api:
+        token = access_token(api.base_url)
+        ws_url = api.base_url.replace("http://", "ws://") + "/api/v1/ws"
+        print(f"API pid {api.pid}, idle RSS {rss_mb(api.pid):.0f} MB")
         print(
             f"{'sockets':>8} {'opened':>7} {'errors':>6} {'open s':>7} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'max ms':>8} {'missed':>7} {'dropped':>7} {'API RSS MB':>10}"
@@ -199,12 +138,19 @@ def main() -> None:
             ready, results = context.Event(), context.Queue()
             loader = context.Process(
                 target=load_process,
-                args=(f"ws://127.0.0.1:{port}/api/v1/ws", token, count, args.events, ready, results),
+                args=(
+                    ws_url,
+                    token,
+                    count,
+                    args.events,
+                    ready,
+                    results,
+                ),
             )
             loader.start()
             ready.wait(timeout=600)
             time.sleep(1.0)  # let every socket settle into its read loop
-            memory = rss_mb(server.pid)
+            memory = rss_mb(api.pid)
             for _ in range(args.events):
                 publish_events(
                     settings, [(CHANNEL, {"type": "price", "coin_id": "bitcoin", "price": 1.0, "sent_at": time.time()})]
@@ -218,11 +164,6 @@ def main() -> None:
                 f"{np.percentile(latencies, 50):>8.1f} {np.percentile(latencies, 99):>8.1f} {np.max(latencies):>8.1f} "
                 f"{outcome['missed']:>7} {outcome['closed_early']:>7} {memory:>10.0f}"
             )
-    finally:
-        stop_process(server)
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        admin.dispose()
 
 
 if __name__ == "__main__":
