@@ -97,7 +97,7 @@ def market(settings: Settings, *, btc: float) -> None:
 
 
 def test_create_read_list_update_and_delete_an_alert(client: TestClient, notify_settings: Settings) -> None:
-    _, headers = signed_up(client)
+    user, headers = signed_up(client)
     created = client.post(f"{API}/alerts", json=PRICE_ALERT, headers=headers)
     assert created.status_code == 201, created.text
     alert = created.json()
@@ -123,7 +123,7 @@ def test_create_read_list_update_and_delete_an_alert(client: TestClient, notify_
             "condition": {"horizon": "7d", "probability": 0.3},
             "channels": [
                 {"type": "webhook", "url": "https://hooks.example.org/a"},
-                {"type": "email", "address": "me@example.org"},
+                {"type": "email", "address": user["email"].upper()},  # the account's own, any case
             ],
             "cooldown_minutes": 120,
         },
@@ -412,3 +412,23 @@ def test_a_failed_notification_is_retried_by_its_owner_only(
     assert "only failed notifications can be retried; this one is sent" in again.json()["detail"]
     [row] = stored(notify_settings, Notification)
     assert (row["status"], row["attempts"]) == ("sent", 2 * FAST.max_attempts + 1)
+
+
+def test_e_mail_alerts_go_only_to_the_accounts_own_address(client: TestClient, notify_settings: Settings) -> None:
+    """Otherwise anyone could make the platform mail strangers (a spam relay with Khalsi's name on it)."""
+    user, headers = signed_up(client)
+    elsewhere = {**PRICE_ALERT, "channels": [{"type": "email", "address": "victim@example.net"}]}
+    refused = client.post(f"{API}/alerts", json=elsewhere, headers=headers)
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["body", "channels", 0, "address"]
+    assert "your account's address" in refused.json()["detail"][0]["msg"]
+    assert stored(notify_settings, UserAlert) == []
+    alert = client.post(f"{API}/alerts", json=PRICE_ALERT, headers=headers).json()
+    patch = client.patch(
+        f"{API}/alerts/{alert['id']}",
+        json={"channels": [{"type": "email", "address": user["email"]}, {"type": "email", "address": "x@example.net"}]},
+        headers=headers,
+    )
+    assert patch.status_code == 422
+    assert patch.json()["detail"][0]["loc"] == ["body", "channels", 1, "address"]
+    assert client.get(f"{API}/alerts/{alert['id']}", headers=headers).json()["channels"] == alert["channels"]

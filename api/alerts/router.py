@@ -15,6 +15,7 @@ from api.alerts.exceptions import AlertLimitReachedError, UnknownSymbolError
 from api.alerts.rules import AlertRule, EmailChannel, WebhookChannel, parse_condition, read_rule
 from api.alerts.schemas import AlertCreateIn, AlertPublic, AlertsPage, AlertUpdate
 from api.deps import CurrentUser, SessionDep, SettingsDep
+from khalsi.db.models import User
 from khalsi.notify.targets import UnsafeTargetError, check_webhook_url
 from khalsi.settings import Settings
 
@@ -37,6 +38,16 @@ def _refuse_private_webhooks(channels: Sequence[EmailChannel | WebhookChannel], 
                 raise _invalid(("body", "channels", index, "url"), str(error), channel.url) from error
 
 
+def _refuse_foreign_addresses(channels: Sequence[EmailChannel | WebhookChannel], user: User) -> None:
+    """E-mail goes only to the account's own address: no relaying mail to strangers in Khalsi's name."""
+    for index, channel in enumerate(channels):
+        if not isinstance(channel, EmailChannel) or channel.address is None:
+            continue
+        if str(channel.address).strip().lower() != user.email.lower():
+            message = "e-mail alerts go to your account's address; leave 'address' out or use that one"
+            raise _invalid(("body", "channels", index, "address"), message, str(channel.address))
+
+
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_alert(
     alert_in: Annotated[AlertCreateIn, Body(discriminator="alert_type")],
@@ -46,6 +57,7 @@ async def create_alert(
 ) -> AlertPublic:
     """Create an active alert on a tracked coin (at most 50 per account)."""
     _refuse_private_webhooks(alert_in.channels, settings)
+    _refuse_foreign_addresses(alert_in.channels, user)
     try:
         alert = await service.create_alert(session=session, user_id=user.id, alert_in=alert_in)
     except UnknownSymbolError as error:
@@ -77,7 +89,7 @@ async def read_alert(alert: OwnedAlert) -> AlertPublic:
 
 @router.patch("/{alert_id}")
 async def update_alert(
-    update_in: AlertUpdate, alert: OwnedAlert, session: SessionDep, settings: SettingsDep
+    update_in: AlertUpdate, alert: OwnedAlert, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> AlertPublic:
     """Change the condition (checked against the alert's type), channels, cooldown, or re-arm / pause it."""
     sent = update_in.model_fields_set
@@ -98,6 +110,7 @@ async def update_alert(
     if "channels" in sent and update_in.channels is not None:
         channels = list(update_in.channels)
         _refuse_private_webhooks(channels, settings)
+        _refuse_foreign_addresses(channels, user)
     cooldown = update_in.cooldown_minutes if "cooldown_minutes" in sent else current.cooldown_minutes
     rule = AlertRule(condition=condition, channels=channels, cooldown_minutes=cooldown)
     updated = await service.update_alert(session=session, alert=alert, rule=rule, is_active=update_in.is_active)
