@@ -98,3 +98,40 @@ def require_role(*roles: str) -> Callable[[User], Awaitable[User]]:
 
 
 AdminUser = Annotated[User, Depends(require_role("admin"))]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A signed-in caller as its token says, for read-only routes that need no account row."""
+
+    user_id: uuid.UUID
+    session_id: uuid.UUID
+    role: str
+
+
+async def get_caller(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Caller:
+    """A valid access token of a session seen open within the last few seconds (see api.auth.sessions)."""
+    from api.auth.exceptions import AuthError
+    from api.auth.security import decode_token
+    from api.auth.service import session_is_open
+
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise unauthorized("an access token is required: send 'Authorization: Bearer <token>'")
+    try:
+        claims = decode_token(settings.jwt, credentials.credentials, kind="access")
+    except AuthError as error:
+        raise unauthorized(str(error)) from error
+    open_sessions = request.app.state.open_sessions
+    if not open_sessions.is_open(claims.session_id):
+        if not await session_is_open(session=session, session_id=claims.session_id, user_id=claims.user_id):
+            raise unauthorized("this session was closed; log in again")
+        open_sessions.remember(claims.session_id)
+    return Caller(user_id=claims.user_id, session_id=claims.session_id, role=claims.role)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

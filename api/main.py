@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api.alerts.router import router as alerts_router
 from api.auth.router import router as auth_router
+from api.auth.sessions import REVOKED_CHANNEL, OpenSessions, forget_revoked
 from api.errors import install_error_handlers
 from api.health.router import router as health_router
 from api.live.hub import LiveHub
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.redis = redis_asyncio.Redis.from_url(app_settings.redis.url, password=password)
         app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(app_settings.ml_service.timeout_seconds))
         app.state.live_hub = LiveHub(app.state.redis)
+        app.state.open_sessions = OpenSessions()
+        app.state.live_hub.add_handler(REVOKED_CHANNEL, forget_revoked(app.state.open_sessions))
         await app.state.live_hub.start(
             session_factory=app.state.session_factory, sweep_seconds=app_settings.ws.heartbeat_interval / 1000
         )

@@ -193,3 +193,48 @@ def test_a_bare_nan_in_a_body_is_a_422_not_a_500(api_client: TestClient) -> None
     )
     assert response.status_code == 422
     assert response.json()["detail"][0]["input"] == "nan"
+
+
+def test_read_only_routes_trust_a_recent_session_check_but_logout_reaches_every_process(
+    api_settings: Settings,
+) -> None:
+    """Predictions skip the per-request session lookup; a logout still stops them on every API process."""
+    import time
+
+    from api.main import create_app
+
+    prediction = f"{API}/predictions/bitcoin?horizon=1d"
+    with TestClient(create_app(api_settings)) as first, TestClient(create_app(api_settings)) as second:
+        assert second.portal is not None
+        assert second.portal.call(second.app.state.live_hub.wait_until_live, 5.0)  # type: ignore[attr-defined]
+        user = register(first)
+        tokens = login(first, email=user["email"])
+        assert second.get(prediction, headers=bearer(tokens)).status_code != 401  # checked once, now remembered
+        # Make the memory outlive the test: only the broadcast can make the second process forget.
+        second.app.state.open_sessions.ttl_seconds = 3600  # type: ignore[attr-defined]
+        assert first.post(f"{API}/auth/logout", headers=bearer(tokens)).status_code == 204
+        assert first.get(prediction, headers=bearer(tokens)).status_code == 401  # the same process: at once
+        status = 0
+        for _ in range(40):  # the other process hears of it through Redis
+            status = second.get(prediction, headers=bearer(tokens)).status_code
+            if status == 401:
+                break
+            time.sleep(0.05)
+        assert status == 401
+
+
+def test_the_open_session_memory_expires_and_stays_bounded() -> None:
+    from api.auth.sessions import OpenSessions
+
+    memory = OpenSessions(ttl_seconds=0.0, capacity=3)
+    sessions = [uuid.uuid4() for _ in range(5)]
+    memory.remember(sessions[0])
+    assert not memory.is_open(sessions[0])  # a zero lifetime: always asks the database
+    memory = OpenSessions(ttl_seconds=60, capacity=3)
+    for session_id in sessions:
+        memory.remember(session_id)
+    assert len(memory) == 3
+    assert not memory.is_open(sessions[0])
+    assert memory.is_open(sessions[4])
+    memory.forget(sessions[4])
+    assert not memory.is_open(sessions[4])

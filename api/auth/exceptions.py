@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 
 class AuthError(Exception):
     """Base of the authentication errors."""
@@ -23,3 +25,8 @@ class InvalidTokenError(AuthError):
 
 class SessionRevokedError(AuthError):
     """A refresh token whose session was closed, or a refresh token used twice."""
+
+    def __init__(self, message: str, *, session_id: uuid.UUID | None = None) -> None:
+        super().__init__(message)
+        # Set when this very request closed the session (a replayed refresh token).
+        self.closed_session_id = session_id

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
 
 from api.auth import service
-from api.auth.exceptions import AuthError, EmailAlreadyRegisteredError, UsernameTakenError
+from api.auth.exceptions import AuthError, EmailAlreadyRegisteredError, SessionRevokedError, UsernameTakenError
 from api.auth.schemas import LoginIn, RefreshIn, TokenPair, UserCreate, UserPublic
-from api.deps import AuthDep, SessionDep, SettingsDep, unauthorized
+from api.auth.sessions import REVOKED_CHANNEL
+from api.deps import AuthDep, RedisDep, SessionDep, SettingsDep, unauthorized
+from khalsi.events import CHANNEL_PREFIX
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+logger = logging.getLogger(__name__)
 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED)
@@ -33,18 +42,37 @@ async def login(login_in: LoginIn, session: SessionDep, settings: SettingsDep) -
     return await service.open_session(session=session, settings=settings.jwt, user=user)
 
 
+async def announce_closed(request: Request, redis: Any | None, session_id: uuid.UUID) -> None:
+    """Every API process forgets the closed session now (see api.auth.sessions); best effort."""
+    request.app.state.open_sessions.forget(session_id)
+    if redis is None:
+        return
+    try:
+        payload = json.dumps({"session_id": str(session_id)})
+        await asyncio.wait_for(redis.publish(CHANNEL_PREFIX + REVOKED_CHANNEL, payload), timeout=1.0)
+    except Exception as error:  # the others forget it within SESSION_CHECK_SECONDS anyway
+        logger.warning("could not announce a closed session: %s", error)
+
+
 @router.post("/refresh")
-async def refresh(refresh_in: RefreshIn, session: SessionDep, settings: SettingsDep) -> TokenPair:
+async def refresh(
+    refresh_in: RefreshIn, request: Request, session: SessionDep, settings: SettingsDep, redis: RedisDep
+) -> TokenPair:
     """A new token pair; the refresh token sent is spent (a second use closes the session)."""
     try:
         return await service.refresh_session(
             session=session, settings=settings.jwt, refresh_token=refresh_in.refresh_token
         )
+    except SessionRevokedError as error:
+        if error.closed_session_id is not None:
+            await announce_closed(request, redis, error.closed_session_id)
+        raise unauthorized(str(error)) from error
     except AuthError as error:
         raise unauthorized(str(error)) from error
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(auth: AuthDep, session: SessionDep) -> None:
-    """Close the caller's session: its access and refresh tokens stop working."""
+async def logout(auth: AuthDep, request: Request, session: SessionDep, redis: RedisDep) -> None:
+    """Close the caller's session: its access and refresh tokens stop working, on every API process."""
     await service.close_session(session=session, session_id=auth.session_id)
+    await announce_closed(request, redis, auth.session_id)

@@ -102,7 +102,9 @@ async def refresh_session(*, session: AsyncSession, settings: JWTSettings, refre
         raise SessionRevokedError("this session was closed; log in again")
     if row.session_token != fingerprint(refresh_token):
         await _close(session, row, now)
-        raise SessionRevokedError("this refresh token was already used; the session is closed, log in again")
+        raise SessionRevokedError(
+            "this refresh token was already used; the session is closed, log in again", session_id=row.id
+        )
     user = await session.get(User, row.user_id)
     if user is None:
         raise InvalidTokenError("not a valid refresh token")
@@ -134,3 +136,11 @@ async def user_for_access_token(*, session: AsyncSession, settings: JWTSettings,
     if not active:
         raise SessionRevokedError("this session was closed; log in again")
     return user, claims.session_id
+
+
+async def session_is_open(*, session: AsyncSession, session_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    """Whether the login session exists, belongs to ``user_id`` and is open (one indexed lookup)."""
+    active = await session.scalar(
+        sa.select(UserSession.is_active).where(UserSession.id == session_id, UserSession.user_id == user_id)
+    )
+    return bool(active)

@@ -54,6 +54,8 @@ class LiveHub:
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._sockets_by_session: dict[uuid.UUID, set[CloseSocket]] = defaultdict(set)
+        # In-process listeners of a channel (not sockets), e.g. the open-session memory on revocations.
+        self._handlers: dict[str, list[Callable[[dict[str, Any]], None]]] = defaultdict(list)
         self._subscribed = asyncio.Event()
         self.reason = "Redis is not configured: events from flows cannot reach this process"
 
@@ -134,8 +136,17 @@ class LiveHub:
                     del self._by_channel[channel]
             subscriber.channels.discard(channel)
 
+    def add_handler(self, channel: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``handler`` with every event on ``channel`` (in this process, not on any socket)."""
+        self._handlers[channel].append(handler)
+
     def dispatch(self, channel: str, event: dict[str, Any]) -> int:
         """Deliver ``event`` to everyone on ``channel``; return how many got it."""
+        for handler in self._handlers.get(channel, ()):
+            try:
+                handler(event)
+            except Exception as error:  # a bad event must not stop the pump
+                logger.warning("live handler for %s failed: %s", channel, error)
         topic = channel.split(":", 1)[0]
         # "prices:*" follows every coin's prices; a socket on both hears each event once.
         listeners = self._by_channel.get(channel, set()) | self._by_channel.get(f"{topic}:*", set())

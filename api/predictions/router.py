@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from api.clock import PlatformNow
-from api.deps import CurrentUser, SessionDep
+from api.deps import CallerDep, SessionDep
 from api.predictions import service
 from api.predictions.client import MLClientDep, ml_client_lifespan
 from api.predictions.exceptions import (
@@ -79,7 +79,7 @@ async def read_prediction(
             description="CoinGecko id (e.g. 'bitcoin') or a unique symbol (e.g. 'BTC'), any case",
         ),
     ],
-    _user: CurrentUser,
+    _caller: CallerDep,
     session: SessionDep,
     ml: MLClientDep,
     now: PlatformNow,
@@ -96,7 +96,7 @@ async def read_prediction(
 
 @router.post("/batch", responses=PREDICTION_ERRORS)
 async def predict_batch(
-    batch_in: BatchPredictionRequest, _user: CurrentUser, session: SessionDep, ml: MLClientDep, now: PlatformNow
+    batch_in: BatchPredictionRequest, _caller: CallerDep, session: SessionDep, ml: MLClientDep, now: PlatformNow
 ) -> BatchPredictionResponse:
     """Up to 50 (coin, horizon) items in one call to the service; each item answered or refused on its own.
 
