@@ -57,20 +57,23 @@ def unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def get_authenticated(
-    session: SessionDep,
-    settings: SettingsDep,
+async def get_bearer_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> Authenticated:
+) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise unauthorized("an access token is required: send 'Authorization: Bearer <token>'")
+    return credentials.credentials
+
+
+BearerToken = Annotated[str, Depends(get_bearer_token)]
+
+
+async def get_authenticated(session: SessionDep, settings: SettingsDep, token: BearerToken) -> Authenticated:
     from api.auth.exceptions import AuthError
     from api.auth.service import user_for_access_token
 
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise unauthorized("an access token is required: send 'Authorization: Bearer <token>'")
     try:
-        user, session_id = await user_for_access_token(
-            session=session, settings=settings.jwt, token=credentials.credentials
-        )
+        user, session_id = await user_for_access_token(session=session, settings=settings.jwt, token=token)
     except AuthError as error:
         raise unauthorized(str(error)) from error
     return Authenticated(user=user, session_id=session_id)
@@ -109,21 +112,14 @@ class Caller:
     role: str
 
 
-async def get_caller(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> Caller:
+async def get_caller(request: Request, session: SessionDep, settings: SettingsDep, token: BearerToken) -> Caller:
     """A valid access token of a session seen open within the last few seconds (see api.auth.sessions)."""
     from api.auth.exceptions import AuthError
     from api.auth.security import decode_token
     from api.auth.service import session_is_open
 
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise unauthorized("an access token is required: send 'Authorization: Bearer <token>'")
     try:
-        claims = decode_token(settings.jwt, credentials.credentials, kind="access")
+        claims = decode_token(settings.jwt, token, kind="access")
     except AuthError as error:
         raise unauthorized(str(error)) from error
     open_sessions = request.app.state.open_sessions
