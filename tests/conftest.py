@@ -1,7 +1,7 @@
 """Shared fixtures: real PostgreSQL and Redis, a fresh KHALSI_HOME per test, Prefect's harness.
 
-PostgreSQL and Redis run on this machine and in CI. Locally a missing service skips the tests that
-need it; with CI=true it fails them, so CI can never go green without having talked to both.
+PostgreSQL and Redis run on this machine and in CI. A missing service fails the tests that need it,
+never skips them, so no run can go green without having talked to both.
 """
 
 from __future__ import annotations
@@ -25,11 +25,9 @@ REDIS_TEST_URL = os.environ.get("KHALSI_TEST_REDIS_URL", "redis://127.0.0.1:6379
 
 
 def service_missing(what: str, error: Exception) -> None:
-    """Fail in CI, skip elsewhere: a test that needs a service proves nothing without it."""
-    message = f"{what} is not reachable ({error})"
-    if IN_CI:
-        pytest.fail(f"{message}; CI=true requires it")
-    pytest.skip(message)
+    """Fail, never skip: a test that needs a service proves nothing without it."""
+    where = "CI=true requires it" if IN_CI else "start it (PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379)"
+    pytest.fail(f"{what} is not reachable ({error}); {where}")
 
 
 @pytest.fixture(scope="session")
