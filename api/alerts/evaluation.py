@@ -48,7 +48,7 @@ from api.alerts.rules import (
     read_rule,
 )
 from api.notifications import service as notifications
-from khalsi.db.models import Coin, MarketData, Notification, Prediction, User, UserAlert
+from khalsi.db.models import Coin, MarketData, Notification, Prediction, User, UserAlert, as_utc
 from khalsi.events import PRIVATE_TOPIC, channel_name, publish_events
 from khalsi.notify import DEFAULT_POLICY, Message, Notifier, RetryPolicy
 from khalsi.settings import Settings
@@ -104,11 +104,6 @@ class _ActiveAlert:
     triggered_at: datetime | None
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; every stored time is UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 async def load_observations(
     *, session: AsyncSession, symbols: Iterable[str], data_now: datetime, max_data_age: timedelta
 ) -> Observations:
@@ -153,7 +148,7 @@ async def load_observations(
             continue
         chosen_cap[symbol] = rank
         market[symbol] = MarketObservation(
-            coin_id=coin_id, price=float(price), change_24h=change, timestamp=_utc(timestamp)
+            coin_id=coin_id, price=float(price), change_24h=change, timestamp=as_utc(timestamp)
         )
 
     # Predictions follow the coin chosen by market data; a symbol without fresh market data falls
@@ -192,7 +187,7 @@ async def load_observations(
                 timeframe=timeframe,
                 probability_up=float(probability_up),
                 model_version=model_version,
-                feature_timestamp=_utc(feature_timestamp),
+                feature_timestamp=as_utc(feature_timestamp),
             )
     return Observations(market=market, predictions=predictions)
 
@@ -428,7 +423,7 @@ async def _evaluate_one(
     if (
         rule.cooldown_minutes is not None
         and alert.triggered_at is not None
-        and fired_at - _utc(alert.triggered_at) < timedelta(minutes=rule.cooldown_minutes)
+        and fired_at - as_utc(alert.triggered_at) < timedelta(minutes=rule.cooldown_minutes)
     ):
         summary.skipped["cooling_down"] += 1
         return []

@@ -8,7 +8,7 @@ not configured (``disabled``) or failing (``unavailable``). See :mod:`api.market
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
@@ -28,6 +28,7 @@ from api.market.schemas import (
     SentimentPublic,
     TrendingPublic,
 )
+from khalsi.db.models import as_utc
 from khalsi.settings import Settings
 
 router = APIRouter(prefix="/market", tags=["market"])
@@ -66,9 +67,7 @@ def stale_after(settings: Settings) -> timedelta:
 
 def _utc(value: datetime | None) -> datetime | None:
     # A time without an offset is read as UTC, the zone of every stored time.
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return None if value is None else as_utc(value)
 
 
 def _http_error(error: MarketError) -> HTTPException:

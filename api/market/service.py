@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,15 +19,10 @@ from api.market.schemas import (
     SocialDayPublic,
     TrendingTokenPublic,
 )
-from khalsi.db.models import Coin, FearGreed, MarketData, SocialDaily, TrendingToken
+from khalsi.db.models import Coin, FearGreed, MarketData, SocialDaily, TrendingToken, as_utc
 
 # social_daily's row for the whole market (see khalsi.db.models.SocialDaily).
 MARKET_AGGREGATE_ID = "_market"
-
-
-def as_utc(value: datetime) -> datetime:
-    """A stored time in UTC: SQLite hands back naive datetimes, psycopg the session's zone."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _maybe_utc(value: datetime | None) -> datetime | None:

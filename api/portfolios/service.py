@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -34,7 +34,7 @@ from api.portfolios.exceptions import (
 )
 from api.portfolios.schemas import PositionCreate, PositionUpdate
 from api.portfolios.valuation import Lot, PortfolioValuation, Quote, TrackedCoin, price_from_double, value_portfolio
-from khalsi.db.models import Coin, MarketData, Portfolio, Prediction, User
+from khalsi.db.models import Coin, MarketData, Portfolio, Prediction, User, as_utc
 from khalsi.settings import Settings
 
 # Keeps one GET /portfolio bounded (it values every position) at the seed's 10,000+ users.
@@ -83,13 +83,8 @@ def prediction_timeframes(settings: Settings) -> list[str]:
     return [f"{day}d" for day in sorted(set(days))]
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite hands timestamps back without an offset; they were stored in UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _utc_or_none(value: datetime | None) -> datetime | None:
-    return _utc(value) if value is not None else None
+    return as_utc(value) if value is not None else None
 
 
 def _lot(row: sa.Row[tuple[uuid.UUID, str, Decimal, Decimal, datetime]]) -> Lot:
@@ -98,7 +93,7 @@ def _lot(row: sa.Row[tuple[uuid.UUID, str, Decimal, Decimal, datetime]]) -> Lot:
         symbol=row.symbol,
         quantity=Decimal(row.quantity),
         avg_price=Decimal(row.avg_price),
-        entry_date=_utc(row.entry_date),
+        entry_date=as_utc(row.entry_date),
     )
 
 
@@ -248,7 +243,7 @@ async def latest_quotes(*, session: AsyncSession, coin_ids: Sequence[str], now: 
     for coin_id, price, at in rows:
         exact = price_from_double(price)
         if exact is not None:  # NaN passes "price > 0" in PostgreSQL; it is no price
-            quotes[coin_id] = Quote(coin_id, exact, _utc(at))
+            quotes[coin_id] = Quote(coin_id, exact, as_utc(at))
     return quotes
 
 
@@ -329,8 +324,8 @@ async def latest_predictions(
             price_target_high=row.price_target_high,
             model_name=row.model_name,
             model_version=row.model_version,
-            feature_timestamp=_utc(row.feature_timestamp),
-            created_at=_utc(row.created_at),
+            feature_timestamp=as_utc(row.feature_timestamp),
+            created_at=as_utc(row.created_at),
             expires_at=expires_at,
             expired=expires_at is not None and expires_at <= now,
         )

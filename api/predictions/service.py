@@ -27,7 +27,7 @@ from api.predictions.exceptions import (
     UnknownHorizonError,
 )
 from api.predictions.schemas import Horizon, PredictionPublic, PredictionQuery, PriceTargetPublic
-from khalsi.db.models import Prediction
+from khalsi.db.models import Prediction, as_utc
 from serving.schemas import ErrorCode, PredictionResult
 
 logger = logging.getLogger(__name__)
@@ -42,11 +42,6 @@ QUESTION_ERRORS: dict[ErrorCode, type[PredictionError]] = {
     ErrorCode.MODEL_UNAVAILABLE: NoChampionError,
 }
 # Any other code (features_unavailable, model_feature_mismatch) is the service's own trouble.
-
-
-def as_utc(value: datetime) -> datetime:
-    """A stored time in UTC: SQLite hands back naive datetimes, psycopg the session's zone."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _live(result: PredictionResult, *, horizon: Horizon, generated_at: datetime) -> PredictionPublic | None:

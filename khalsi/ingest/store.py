@@ -26,6 +26,7 @@ from khalsi.db.models import (
     QuarantinedBatch,
     SocialDaily,
     SocialPost,
+    as_utc,
 )
 from khalsi.sources.exports import CoinInfo
 from khalsi.validation import ValidationReport
@@ -183,9 +184,7 @@ def store_market_rows(engine: Engine, batch: pl.DataFrame, *, run_id: uuid.UUID,
 
 def _as_utc(value: Any) -> Any:
     # SQLite hands back naive datetimes and psycopg `Etc/UTC` ones; every stored time is UTC.
-    if not isinstance(value, datetime):
-        return value
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return as_utc(value) if isinstance(value, datetime) else value
 
 
 def _read_frame(engine: Engine, statement: sa.Executable, schema: dict[str, pl.DataType]) -> pl.DataFrame:
