@@ -1,4 +1,7 @@
-"""Rows the alert evaluation reads (coins, market snapshots, predictions) and accounts, written directly."""
+"""Rows the alert evaluation reads (coins, market snapshots, predictions) and accounts, written directly.
+
+Coins and predictions come from :mod:`tests.factories`, shared with the portfolio tests.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from khalsi.db.models import Coin, MarketData, Notification, Prediction, User, UserAlert
-
-
-def add_coin(engine: Engine, *, coin_id: str, symbol: str, name: str | None = None) -> None:
-    with engine.begin() as connection:
-        exists = connection.execute(sa.select(Coin.coin_id).where(Coin.coin_id == coin_id)).first()
-        if exists is None:
-            connection.execute(sa.insert(Coin).values(coin_id=coin_id, symbol=symbol, name=name or coin_id.title()))
+from khalsi.db.models import MarketData, Notification, User, UserAlert
+from tests.factories import add_coin
 
 
 def add_market(
@@ -42,34 +39,6 @@ def add_market(
                 market_cap=market_cap,
                 volume_24h=1e7,
                 timestamp=at,
-            )
-        )
-
-
-def add_prediction(
-    engine: Engine,
-    *,
-    coin_id: str,
-    symbol: str,
-    timeframe: str,
-    probability_up: float,
-    feature_timestamp: datetime,
-    model_version: str = "1",
-) -> None:
-    """One row as the score flow writes it (the fields evaluation reads, the rest plausible)."""
-    with engine.begin() as connection:
-        connection.execute(
-            sa.insert(Prediction).values(
-                id=uuid.uuid4(),
-                coin_id=coin_id,
-                symbol=symbol,
-                timeframe=timeframe,
-                probability_up=probability_up,
-                probability_down=round(1 - probability_up, 4),
-                confidence_level=round(abs(probability_up - 0.5) * 2, 4),
-                model_name=f"khalsi-direction-{timeframe}",
-                model_version=model_version,
-                feature_timestamp=feature_timestamp,
             )
         )
 

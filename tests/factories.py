@@ -13,7 +13,7 @@ import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from khalsi.db.models import Base
+from khalsi.db.models import Base, Coin, Prediction
 from khalsi.ingest.market import FetchedHistory
 from khalsi.sources.exports import BUNDLED_DAILY_DIR, COINS_BY_ID, CoinInfo, read_coingecko_export
 
@@ -184,9 +184,48 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def as_utc(value: datetime) -> datetime:
-    """SQLite returns naive datetimes; every stored time is UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def add_coin(engine: Engine, coin_id: str, symbol: str, name: str | None = None) -> None:
+    """A tracked coin, if it is not one already."""
+    with engine.begin() as connection:
+        exists = connection.execute(sa.select(Coin.coin_id).where(Coin.coin_id == coin_id)).first()
+        if exists is None:
+            connection.execute(sa.insert(Coin).values(coin_id=coin_id, symbol=symbol, name=name or coin_id.title()))
+
+
+def add_prediction(
+    engine: Engine,
+    coin_id: str,
+    symbol: str,
+    *,
+    timeframe: str,
+    probability_up: float,
+    feature_timestamp: datetime,
+    model_version: str = "1",
+    created_at: datetime | None = None,
+    expires_at: datetime | None = None,
+) -> None:
+    """One ``predictions`` row shaped like the score flow's (serving.predict.prediction_rows)."""
+    written = {"created_at": created_at} if created_at is not None else {}
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(Prediction).values(
+                coin_id=coin_id,
+                symbol=symbol,
+                timeframe=timeframe,
+                probability_up=probability_up,
+                probability_down=round(1 - probability_up, 4),
+                confidence_level=round(abs(probability_up - 0.5) * 2, 4),
+                price_target=101.5,
+                price_target_low=90.25,
+                price_target_high=110.75,
+                model_name=f"khalsi-direction-{timeframe}",
+                model_version=model_version,
+                feature_timestamp=feature_timestamp,
+                methodology={"source": "batch-score"},
+                expires_at=expires_at,
+                **written,
+            )
+        )
 
 
 def isolated_khalsi_env(monkeypatch: Any, **values: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from khalsi.db.models import Coin, MarketData, Prediction
+from khalsi.db.models import MarketData
 from khalsi.ingest.sources import source_clock
 from khalsi.settings import Settings
 from tests.api_helpers import API
@@ -23,49 +23,9 @@ def platform_now(settings: Settings) -> datetime:
     return source_clock(settings)()
 
 
-def add_coin(engine: sa.Engine, coin_id: str, symbol: str, name: str | None = None) -> None:
-    with engine.begin() as connection:
-        connection.execute(sa.insert(Coin).values(coin_id=coin_id, symbol=symbol, name=name or coin_id.title()))
-
-
 def add_price(engine: sa.Engine, coin_id: str, symbol: str, price: float, at: datetime) -> None:
     with engine.begin() as connection:
         connection.execute(sa.insert(MarketData).values(coin_id=coin_id, symbol=symbol, price=price, timestamp=at))
-
-
-def add_prediction(
-    engine: sa.Engine,
-    coin_id: str,
-    symbol: str,
-    *,
-    timeframe: str,
-    feature_timestamp: datetime,
-    model_version: str,
-    probability_up: float,
-    created_at: datetime,
-    expires_at: datetime | None,
-) -> None:
-    """A row shaped like the score flow's (serving.predict.prediction_rows)."""
-    with engine.begin() as connection:
-        connection.execute(
-            sa.insert(Prediction).values(
-                coin_id=coin_id,
-                symbol=symbol,
-                timeframe=timeframe,
-                probability_up=probability_up,
-                probability_down=round(1 - probability_up, 4),
-                confidence_level=round(abs(probability_up - 0.5) * 2, 4),
-                price_target=101.5,
-                price_target_low=90.25,
-                price_target_high=110.75,
-                model_name=f"khalsi-direction-{timeframe}",
-                model_version=model_version,
-                feature_timestamp=feature_timestamp,
-                methodology={"source": "batch-score"},
-                created_at=created_at,
-                expires_at=expires_at,
-            )
-        )
 
 
 def stored_positions(engine: sa.Engine) -> list[tuple[Any, ...]]:

@@ -22,7 +22,8 @@ from khalsi.db.migrate import upgrade
 from khalsi.db.models import Notification
 from khalsi.notify import Notifier, RetryPolicy
 from khalsi.settings import Settings
-from tests.alert_data import add_alert, add_market, add_prediction, add_user, alert_row, notifications_of
+from tests.alert_data import add_alert, add_market, add_user, alert_row, notifications_of
+from tests.factories import add_prediction
 from tests.notify_servers import SENDER, Mailbox, Reply, WebhookReceiver, smtp_server, smtp_settings, webhook_receiver
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)  # the platform clock ("data now")

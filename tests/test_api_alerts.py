@@ -21,8 +21,9 @@ from khalsi.db.engine import create_sync_engine
 from khalsi.db.models import Notification, UserAlert
 from khalsi.notify import Notifier, RetryPolicy
 from khalsi.settings import Settings
-from tests.alert_data import add_coin, add_market
+from tests.alert_data import add_market
 from tests.api_helpers import API, signed_up
+from tests.factories import add_coin
 from tests.notify_servers import Mailbox, Reply, WebhookReceiver, smtp_server, smtp_settings, webhook_receiver
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)

@@ -19,12 +19,11 @@ from khalsi.db.engine import create_sync_engine
 from khalsi.db.models import Coin
 from khalsi.settings import Settings
 from tests.api_helpers import signed_up
+from tests.factories import add_coin, add_prediction
 from tests.portfolio_helpers import (
     PORTFOLIO,
     POSITIONS,
-    add_coin,
     add_position,
-    add_prediction,
     add_price,
     hours_before,
     platform_now,

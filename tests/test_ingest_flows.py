@@ -25,13 +25,12 @@ from flows.ingest_market import ingest_market
 from flows.ingest_social import ingest_social
 from khalsi import lake
 from khalsi.db.engine import create_sync_engine
-from khalsi.db.models import FearGreed, IngestionRun, MarketData, QuarantinedBatch, SocialDaily, SocialPost
+from khalsi.db.models import FearGreed, IngestionRun, MarketData, QuarantinedBatch, SocialDaily, SocialPost, as_utc
 from khalsi.ingest.pipeline import BatchQuarantinedError
 from khalsi.settings import Settings, get_settings
 from khalsi.sources.exports import BUNDLED_DAILY_DIR, BUNDLED_SOCIAL_DIR
 from khalsi.sources.replay import Fault, FaultKind, ReplayData, ReplayServer, run_replay_server
 from tests.factories import (
-    as_utc,
     bundled_csv_rows,
     bundled_raw,
     count_rows,

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from flows.ingest_market import ingest_market
 from khalsi.db.engine import create_sync_engine
-from khalsi.db.models import IngestionRun, MarketData
+from khalsi.db.models import IngestionRun, MarketData, as_utc
 from khalsi.settings import DEV_SECRET, CoinGeckoPlan, Environment, MarketSource, Settings, get_settings
 from tests import conftest
-from tests.factories import as_utc, isolated_khalsi_env, utc
+from tests.factories import isolated_khalsi_env, utc
 
 REAL_SECRET = "s3cr3t-" + "x" * 40
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from khalsi import lake
-from khalsi.db.models import FearGreed, IngestionRun, MarketData, QuarantinedBatch, SocialDaily
+from khalsi.db.models import FearGreed, IngestionRun, MarketData, QuarantinedBatch, SocialDaily, as_utc
 from khalsi.ingest import store
 from khalsi.ingest.market import FetchedHistory, ReplayMarketSource
 from khalsi.ingest.pipeline import (
@@ -32,7 +32,7 @@ from khalsi.ingest.pipeline import (
 from khalsi.settings import Settings
 from khalsi.sources.exports import CoinInfo
 from khalsi.validation import MARKET_DAILY
-from tests.factories import as_utc, bundled_csv_rows, bundled_raw, classify, fetched, table_rows, tree_digest, utc
+from tests.factories import bundled_csv_rows, bundled_raw, classify, fetched, table_rows, tree_digest, utc
 
 T1 = utc(2024, 6, 1)
 T2 = utc(2024, 6, 10)
