@@ -10,13 +10,12 @@ stay JSON numbers: they are estimates stored as floats, not money the portfolio 
 
 from __future__ import annotations
 
-import math
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
 from api.portfolios.valuation import EXACT_CONTEXT, PriceStatus
 
@@ -39,23 +38,13 @@ def plain_decimal(value: Decimal) -> str:
     return format(value.normalize(EXACT_CONTEXT), "f")
 
 
-def _non_finite_as_text(value: Any) -> Any:
-    # JSON's NaN/Infinity literals arrive as floats: handed on as text, pydantic still refuses them
-    # ("finite number"), and the 422 can echo the input (a float NaN is not valid JSON to send back).
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
 DecimalString = Annotated[Decimal, PlainSerializer(plain_decimal, return_type=str, when_used="json")]
 Quantity = Annotated[
     Decimal,
-    BeforeValidator(_non_finite_as_text),
     Field(gt=0, max_digits=MAX_DIGITS, decimal_places=MAX_DECIMAL_PLACES, description="units held, > 0"),
 ]
 AvgPrice = Annotated[
     Decimal,
-    BeforeValidator(_non_finite_as_text),
     Field(
         gt=0,
         le=MAX_AVG_PRICE,
